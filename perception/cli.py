@@ -1,0 +1,88 @@
+"""Command line: ``python -m perception {train,evaluate,predict,make-data} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m perception", description="PerceptionGPT: train, evaluate, predict.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config (single process or under torchrun)")
+    t.add_argument("--config", required=True, help="configs/NAME.yaml")
+    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields, e.g. steps=100 data.num_workers=0")
+    t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config (GPU; optional dependency)")
+    t.add_argument("--no-progress", action="store_true", help="hide the tqdm bar")
+
+    e = sub.add_parser("evaluate", help="evaluate a model on ShapesRef scenes or a JSONL dataset")
+    e.add_argument("--model", default="tiny", help="preset name, checkpoint folder or hub id")
+    e.add_argument("--data", default="shapesref", help="'shapesref' or a JSONL file")
+    e.add_argument("--seed", type=int, default=10_000_000, help="first ShapesRef seed (held out: training uses 0..)")
+    e.add_argument("--count", type=int, default=1000, help="ShapesRef scenes per task group")
+    e.add_argument("--out", default=None, help="JSON report path")
+    e.add_argument("--device", default="auto")
+
+    pr = sub.add_parser("predict", help="answer one prompt about one image")
+    pr.add_argument("image")
+    pr.add_argument("prompt")
+    pr.add_argument("--model", default="tiny")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--json", action="store_true", help="print the answer as JSON (boxes, RLE masks, phrases)")
+    pr.add_argument("--out", default=None, help="write an overlay PNG here")
+
+    d = sub.add_parser("make-data", help="write ShapesRef scenes to disk in the native JSONL format")
+    d.add_argument("out_dir")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--count", type=int, default=100)
+
+    args = p.parse_args(argv)
+    if args.cmd == "train":
+        from perception.train import load_train_config, train
+
+        overrides = list(args.set) + ([f"deepspeed={args.deepspeed}"] if args.deepspeed else [])
+        tc = load_train_config(args.config, overrides)
+        from perception.evaluate import training_eval
+
+        out = train(tc, eval_fn=training_eval, progress=not args.no_progress)
+        print(f"checkpoints in {out}")
+        return 0
+    if args.cmd == "evaluate":
+        from perception.evaluate import run_cli
+
+        return run_cli(args)
+    if args.cmd == "predict":
+        return _predict(args)
+    if args.cmd == "make-data":
+        from perception.data.shapesref import write_dataset
+
+        print(write_dataset(args.out_dir, args.seed, args.count))
+        return 0
+    return 2
+
+
+def _predict(args) -> int:
+    from PIL import Image
+
+    import perception
+    from perception.images import load_image
+    from perception.render import answer_json, draw_overlay
+
+    try:
+        image = load_image(args.image)
+        pipe = perception.load_pipeline(args.model, device=args.device)
+        ans = pipe.chat(image, args.prompt)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"text": ans.text, "objects": answer_json(ans)}, indent=1))
+    else:
+        print(ans.text)
+        for i, o in enumerate(ans.objects, 1):
+            print(f"  object {i}: box={tuple(round(v, 1) for v in o.box)} phrase={o.phrase!r}")
+    if args.out:
+        draw_overlay(image, ans.objects).save(args.out)
+    return 0

@@ -1,0 +1,205 @@
+"""One tree of config dataclasses, saved as JSON with every checkpoint (``config.json``).
+
+Presets (``perception.presets``) are instances of ``PerceptionConfig``; nothing else configures a
+model. ``to_dict``/``from_dict`` round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class StemConfig:
+    """The tiny preset's convolutional vision encoder (stride 2/4/8/16 feature maps)."""
+
+    channels: list = field(default_factory=lambda: [32, 64, 128, 192])  # width at stride 2, 4, 8, 16
+    token_grid: int = 10  # the LLM sees token_grid**2 image tokens (the stride-16 map at 160 px)
+
+
+@dataclass
+class TextConfig:
+    """A Llama built from config (tiny preset and tests)."""
+
+    hidden_size: int = 256  # model width
+    num_layers: int = 4  # decoder layers
+    num_heads: int = 4  # attention heads
+    intermediate_size: int = 768  # MLP width
+    max_positions: int = 1024  # longest sequence (image tokens included)
+    vocab_size: int = 0  # set from the tokenizer when the model is built
+
+
+@dataclass
+class BackboneConfig:
+    """Which vision LLM carries the perception token, behind ``perception.backbone`` adapters."""
+
+    kind: str = "stem-llama"  # "stem-llama" (tiny: conv stem + Llama) | "llava" (LlavaForConditionalGeneration)
+    name_or_path: Optional[str] = None  # llava: hub id or local folder of a pretrained checkpoint
+    llava_config: Optional[dict] = None  # llava: build from this config dict instead (tests, tiny llava)
+    image_size: int = 160  # model input side S (square model frame)
+    resize_mode: str = "stretch"  # "stretch" (W x H -> S x S) | "pad" (longest side -> S, pad bottom/right)
+    pixel_mean: list = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel, on [0, 1] pixels
+    pixel_std: list = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    stem: StemConfig = field(default_factory=StemConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    dtype: str = "float32"  # "float32" | "bfloat16" | "float16"
+    load_in: Optional[str] = None  # None | "8bit" | "4bit" (bitsandbytes, optional)
+    device_map: Optional[str] = None  # passed to from_pretrained for large checkpoints
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class MaskHeadConfig:
+    """Decodes a perception-token state (or a click) into mask logits in the model frame."""
+
+    kind: str = "dot"  # "dot" (SAM's last stage: query . per-pixel features) | "sam" (segment-anything's MaskDecoder)
+    dim: int = 64  # query / per-pixel feature width ("sam": transformer_dim, 256 for real SAM)
+    refine_layers: int = 1  # "dot": cross-attention layers refining the query over stride-8 features
+    sam_variant: Optional[str] = None  # "sam": "vit_b" | "vit_l" | "vit_h" image encoder, None = use backbone features
+    sam_checkpoint: Optional[str] = None  # "sam": path to the official .pth (loaded weights_only=True)
+    sam_image_size: int = 1024  # "sam": encoder input side
+    sam_encoder_depth: Optional[int] = None  # "sam": override depth (tests build tiny encoders)
+    sam_encoder_dim: Optional[int] = None  # "sam": override embed dim (tests)
+    mask_threshold: float = 0.5  # probability above which a pixel is in the mask
+
+
+@dataclass
+class BoxHeadConfig:
+    """The paper's MLP from the perception-token state to a normalised box."""
+
+    hidden: int = 256  # MLP width
+    layers: int = 3  # MLP depth
+    source: str = "head"  # the box reported to users: "head" (the MLP) | "mask" (box of the blob around the mask's peak)
+
+
+@dataclass
+class RegionEncoderConfig:
+    """Region (box / mask / click) -> one input embedding replacing a <region> token."""
+
+    mask_size: int = 32  # masks are resized to this square before the conv net
+    hidden: int = 128  # conv / MLP width
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the language model only (peft). Off for from-scratch presets."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])  # matched inside the LM only
+
+
+@dataclass
+class LossWeights:
+    ce: float = 1.0  # next-token cross-entropy on the answer
+    mask_bce: float = 2.0
+    mask_dice: float = 1.0
+    box_l1: float = 1.0
+    box_giou: float = 0.5
+    click: float = 0.5  # click-to-mask auxiliary (BCE + Dice)
+
+
+@dataclass
+class PerceptionConfig:
+    preset: str = "custom"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
+    region: RegionEncoderConfig = field(default_factory=RegionEncoderConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    loss: LossWeights = field(default_factory=LossWeights)
+    max_new_tokens: int = 96  # generation cap per answer
+    version: int = 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PerceptionConfig":
+        return _build(cls, d)
+
+
+def _build(cls, d):
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__} config must be a JSON object, got {type(d).__name__}")
+    kwargs = {}
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}")
+    for name, value in d.items():
+        f = names[name]
+        sub = _dataclass_type(f)
+        kwargs[name] = _build(sub, value) if sub is not None and value is not None else value
+    return cls(**kwargs)
+
+
+def _dataclass_type(f):
+    default = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+    if default is not None:
+        probe = default()
+        if dataclasses.is_dataclass(probe):
+            return type(probe)
+    return None
+
+
+@dataclass
+class DataConfig:
+    """Where training samples come from."""
+
+    source: str = "shapesref"  # "shapesref" (generated on the fly) | "jsonl" (native format) | "refcoco"
+    path: Optional[str] = None  # jsonl file, or RefCOCO root folder
+    dataset: str = "refcoco"  # refcoco: "refcoco" | "refcoco+" | "refcocog"
+    split: str = "train"
+    tasks: list = field(default_factory=lambda: [
+        "ground_A", "ground_S", "ground_R", "ground_all", "count",
+        "region_what", "region_describe", "region_color", "region_shape", "click_seg",
+    ])
+    weights: list = field(default_factory=lambda: [0.13, 0.17, 0.17, 0.12, 0.08, 0.06, 0.04, 0.05, 0.05, 0.13])
+    multi_turn: float = 0.15  # probability of a two-turn conversation
+    clicks_per_image: int = 1  # click-to-mask auxiliary samples per image
+    click_teacher: float = 0.5  # probability a point region uses its true mask while training
+    num_workers: int = 1  # data-loader worker processes
+
+
+@dataclass
+class TrainConfig:
+    """A training run: ``python -m perception train --config configs/NAME.yaml``."""
+
+    model: str = "tiny"  # preset name or checkpoint folder to start from
+    output_dir: str = "runs/tiny"
+    seed: int = 0
+    steps: int = 10000
+    batch_size: int = 16  # per process
+    lr: float = 5e-4
+    lr_scale: dict = field(default_factory=dict)  # module-name prefix -> lr multiplier, e.g. {"backbone.stem": 0.6}
+    weight_decay: float = 0.05
+    betas: list = field(default_factory=lambda: [0.9, 0.98])
+    warmup: int = 300
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    save_every: int = 250
+    keep_checkpoints: int = 2
+    eval_every: int = 1000
+    eval_scenes: int = 150  # held-out ShapesRef scenes per periodic evaluation
+    eval_seed: int = 10_000_000  # held-out seeds start here (training seeds start at 0)
+    threads: int = 0  # torch threads (0: leave default)
+    deepspeed: Optional[str] = None  # path to a DeepSpeed JSON config (GPU runs; DeepSpeed optional)
+    bf16: bool = False
+    model_overrides: dict = field(default_factory=dict)  # nested PerceptionConfig fields to override
+    data: DataConfig = field(default_factory=DataConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return _build(cls, d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

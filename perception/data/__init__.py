@@ -1,0 +1,1 @@
+"""Data: the ShapesRef generator, the native JSONL format, RefCOCO-family loaders, batching."""

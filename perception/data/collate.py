@@ -1,0 +1,134 @@
+"""Samples -> a training batch for PerceptionModel.forward (teacher forcing).
+
+All geometry goes through ``ImageFrame``; targets are in the normalised model frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from perception.data.sample import Sample
+from perception.geometry import ImageFrame, box_from_mask
+from perception.processing import backbone_pixels, mask_side, sam_pixels
+from perception.prompting import IGNORE, PromptEncoder
+
+
+class Collator:
+    """Callable that builds a batch dict from a list of Samples.
+
+    click_teacher: probability that a point region is encoded from its object's true mask
+    instead of the click head's prediction (the click head is immature early in training).
+    """
+
+    def __init__(self, config, tokenizer, num_image_tokens: int, clicks_per_image: int = 1,
+                 click_teacher: float = 0.5, seed: int = 0):
+        self.config = config
+        self.prompts = PromptEncoder(tokenizer, num_image_tokens)
+        self.side = mask_side(config)
+        self.region_side = config.region.mask_size * 2
+        self.clicks_per_image = clicks_per_image
+        self.click_teacher = click_teacher
+        self.rng = np.random.default_rng(seed)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __call__(self, samples: list[Sample]) -> dict:
+        cfg = self.config
+        ids, labels = [], []
+        loc_masks, loc_boxes = [], []
+        reg = {k: [] for k in ("bidx", "is_box", "is_point", "boxes", "masks", "points", "use_mask")}
+        clk = {"bidx": [], "points": [], "masks": []}
+        pixels, sam = [], []
+        for b, s in enumerate(samples):
+            W, H = s.image.size
+            frame = ImageFrame(W, H, cfg.backbone.image_size, cfg.backbone.resize_mode)
+            pixels.append(backbone_pixels(s.image, cfg.backbone))
+            if cfg.mask_head.kind == "sam" and cfg.mask_head.sam_variant:
+                sam.append(sam_pixels(s.image, cfg.mask_head.sam_image_size))
+            enc = self.prompts.encode([(t.user, t.assistant) for t in s.turns])
+            ids.append(enc.input_ids)
+            labels.append(enc.labels)
+            for t in s.turns:
+                for k in t.targets:
+                    loc_masks.append(frame.mask_to_model(s.masks[k], self.side))
+                    loc_boxes.append(torch.tensor(frame.boxes_to_model(s.boxes[k]), dtype=torch.float32))
+            for ti, n in enc.region_order:
+                self._add_region(reg, b, s, s.turns[ti].regions[n - 1], frame)
+            for _ in range(self.clicks_per_image if len(s.boxes) else 0):
+                k = int(self.rng.integers(len(s.boxes)))
+                ys, xs = np.nonzero(s.masks[k])
+                j = int(self.rng.integers(len(xs)))
+                clk["bidx"].append(b)
+                clk["points"].append(torch.tensor(frame.points_to_model((xs[j], ys[j])), dtype=torch.float32))
+                clk["masks"].append(frame.mask_to_model(s.masks[k], self.side))
+        T = max(map(len, ids))
+        batch = {
+            "pixel_values": torch.stack(pixels),
+            "input_ids": torch.tensor([x + [self.pad_id] * (T - len(x)) for x in ids]),
+            "labels": torch.tensor([x + [IGNORE] * (T - len(x)) for x in labels]),
+            "attention_mask": torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x in ids]),
+            "loc_masks": torch.stack(loc_masks) if loc_masks else torch.zeros(0, self.side, self.side),
+            "loc_boxes": torch.stack(loc_boxes) if loc_boxes else torch.zeros(0, 4),
+            "regions": _stack(reg) if reg["bidx"] else None,
+            "clicks": _stack(clk) if clk["bidx"] else None,
+        }
+        if sam:
+            batch["mask_pixel_values"] = torch.stack(sam)
+        return batch
+
+    def _add_region(self, reg, b, s: Sample, region, frame: ImageFrame):
+        M = self.region_side
+        point = torch.zeros(2)
+        use_mask = False
+        if region.kind == "box":
+            box = frame.boxes_to_model(region.box)
+            mask = box_mask(box, M)
+        else:
+            if region.kind == "mask":
+                m = region.mask
+            else:
+                x, y = int(region.point[0]), int(region.point[1])
+                hits = [k for k in range(len(s.masks)) if s.masks[k][y, x]]
+                m = s.masks[hits[-1]] if hits else np.zeros(s.masks.shape[1:], bool)
+                point = torch.tensor(frame.points_to_model(region.point), dtype=torch.float32)
+                use_mask = bool(hits) and self.rng.random() < self.click_teacher
+            mask = frame.mask_to_model(m, M)
+            tb = box_from_mask(m)
+            box = frame.boxes_to_model(tb) if tb else np.zeros(4)
+        reg["bidx"].append(b)
+        reg["is_box"].append(region.kind == "box")
+        reg["is_point"].append(region.kind == "point")
+        reg["boxes"].append(torch.tensor(box, dtype=torch.float32))
+        reg["masks"].append(mask)
+        reg["points"].append(point)
+        reg["use_mask"].append(use_mask)
+
+
+def box_mask(box_norm, side: int) -> torch.Tensor:
+    """A normalised corner box rasterised as a filled (side, side) float mask."""
+    x1, y1, x2, y2 = (np.asarray(box_norm) * side).tolist()
+    m = torch.zeros(side, side)
+    m[int(np.floor(y1)) : max(int(np.ceil(y2)), int(np.floor(y1)) + 1), int(np.floor(x1)) : max(int(np.ceil(x2)), int(np.floor(x1)) + 1)] = 1
+    return m
+
+
+def _stack(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v[0], torch.Tensor):
+            out[k] = torch.stack(v)
+        else:
+            out[k] = torch.tensor(v)
+    return out
+
+
+def to_device(batch: dict, device) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device)
+        elif isinstance(v, dict):
+            out[k] = to_device(v, device)
+        else:
+            out[k] = v
+    return out

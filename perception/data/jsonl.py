@@ -1,0 +1,275 @@
+"""The native on-disk format: one JSON object per line, images (and optional mask PNGs) beside it.
+
+A line::
+
+    {"image": "images/000123.png", "width": W, "height": H,
+     "objects": [{"box": [x1, y1, x2, y2], "mask": {"size": [H, W], "counts": "..."},
+                  "label": "small red circle"}],
+     "turns": [{"user": ..., "assistant": ..., "regions": [{"point": [x, y]} | {"box": [...]} |
+                {"mask": RLE}], "targets": [...], "task": ..., "expect": [...]}],
+     "meta": {...}}
+
+Paths are relative to the JSONL file's folder, or absolute. Frames: image pixels, x = column,
+y = row; boxes are corners with x2/y2 exclusive. A mask is COCO RLE (``counts`` a string,
+column-major as pycocotools writes it) or ``"mask_png": "masks/....png"`` (nonzero = inside).
+An object's ``box`` may be left out; it is then the tight box of its mask.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from perception.data.sample import Sample, Turn
+from perception.geometry import box_from_mask
+from perception.types import Region
+
+IMAGE_DIR = "images"
+JSONL_NAME = "data.jsonl"
+
+
+# --- RLE ------------------------------------------------------------------------------------
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """H x W bool mask -> COCO RLE {"size": [H, W], "counts": str}."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"rle_encode needs an H x W mask; got shape {m.shape}")
+    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """COCO RLE (counts as str, bytes, or an uncompressed list of run lengths) -> H x W bool."""
+    try:
+        h, w = (int(v) for v in rle["size"])
+        counts = rle["counts"]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"not a COCO RLE (needs 'size' [h, w] and 'counts'): {str(rle)[:80]}") from None
+    if isinstance(counts, list):
+        if sum(counts) != h * w:
+            raise ValueError(f"uncompressed RLE counts sum to {sum(counts)}, expected {h}*{w}={h * w}")
+        compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    elif isinstance(counts, (str, bytes)):
+        compressed = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    else:
+        raise ValueError(f"RLE counts must be str, bytes or a list; got {type(counts).__name__}")
+    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(compressed).astype(bool)
+
+
+# --- regions --------------------------------------------------------------------------------
+
+
+def _num(v):
+    f = float(v)
+    return int(f) if f.is_integer() else f
+
+
+def region_to_json(region: Region) -> dict:
+    """Region -> {"point": [x, y]} | {"box": [x1, y1, x2, y2]} | {"mask": RLE}."""
+    if region.point is not None:
+        return {"point": [_num(v) for v in region.point]}
+    if region.box is not None:
+        return {"box": [_num(v) for v in region.box]}
+    return {"mask": rle_encode(region.mask)}
+
+
+def region_from_json(d: dict, size: tuple[int, int] | None = None) -> Region:
+    """Inverse of region_to_json. size: (h, w) of the image; a mask of another size is an error."""
+    if not isinstance(d, dict) or len(set(d) & {"point", "box", "mask"}) != 1:
+        raise ValueError(f"a region needs exactly one of 'point', 'box' or 'mask'; got {str(d)[:80]}")
+    if "point" in d:
+        return Region(point=tuple(d["point"]))
+    if "box" in d:
+        return Region(box=tuple(d["box"]))
+    m = rle_decode(d["mask"])
+    if size is not None and m.shape != tuple(size):
+        raise ValueError(f"region mask is {m.shape[0]}x{m.shape[1]} (h x w), image is {size[0]}x{size[1]}")
+    return Region(mask=m)
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return None  # arrays, images and other objects are not written
+
+
+def sample_to_json(sample: Sample, image_path: str) -> dict:
+    """One JSONL record for ``sample`` whose image lies at ``image_path``."""
+    W, H = sample.image.size
+    objects = []
+    for k in range(len(sample.boxes)):
+        objects.append({
+            "box": [_num(v) for v in sample.boxes[k]],
+            "mask": rle_encode(sample.masks[k]),
+            "label": sample.labels[k] if k < len(sample.labels) else "",
+        })
+    turns = [{
+        "user": t.user, "assistant": t.assistant, "regions": [region_to_json(r) for r in t.regions],
+        "targets": [int(i) for i in t.targets], "task": t.task, "expect": list(t.expect),
+    } for t in sample.turns]
+    return {"image": image_path, "width": W, "height": H, "objects": objects, "turns": turns,
+            "meta": _jsonable(sample.meta)}
+
+
+def write_jsonl(samples: Iterable[Sample], out_dir: str | Path) -> Path:
+    """Write samples to ``out_dir``: images/NNNNNN.png and data.jsonl. Returns the JSONL path."""
+    out = Path(out_dir)
+    (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
+    path = out / JSONL_NAME
+    with open(path, "w", encoding="utf-8") as f:
+        for i, s in enumerate(samples):
+            rel = f"{IMAGE_DIR}/{i:06d}.png"
+            s.image.save(out / rel)
+            f.write(json.dumps(sample_to_json(s, rel), separators=(",", ":")) + "\n")
+    return path
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def _load_image(path: Path, where: str) -> Image.Image:
+    if not path.is_file():
+        raise ValueError(f"{where}: image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError as e:
+        raise ValueError(f"{where}: cannot read image {path}: {e}") from None
+
+
+def _object_mask(o: dict, root: Path, H: int, W: int, where: str) -> np.ndarray:
+    if "mask" in o:
+        m = rle_decode(o["mask"])
+    elif "mask_png" in o:
+        p = Path(o["mask_png"])
+        p = p if p.is_absolute() else root / p
+        if not p.is_file():
+            raise ValueError(f"{where}: mask file not found: {p}")
+        with Image.open(p) as im:
+            m = np.array(im.convert("L")) > 0
+    else:
+        raise ValueError(f"{where}: object needs 'mask' (RLE) or 'mask_png'")
+    if m.shape != (H, W):
+        raise ValueError(f"{where}: mask is {m.shape[1]}x{m.shape[0]} (w x h), image is {W}x{H}")
+    return m
+
+
+def sample_from_json(d: dict, root: str | Path, where: str = "<record>") -> Sample:
+    """Build a Sample from one parsed record; ``root`` resolves relative paths.
+
+    Errors raise ValueError prefixed with ``where`` (e.g. "data.jsonl:12").
+    """
+    root = Path(root)
+    try:
+        if not isinstance(d, dict) or "image" not in d:
+            raise ValueError("record needs an 'image' path")
+        p = Path(d["image"])
+        image = _load_image(p if p.is_absolute() else root / p, where)
+        W, H = image.size
+        if ("width" in d and int(d["width"]) != W) or ("height" in d and int(d["height"]) != H):
+            raise ValueError(f"record says {d.get('width')}x{d.get('height')} but image {p} is {W}x{H}")
+        objs = d.get("objects", [])
+        masks = [_object_mask(o, root, H, W, where) for o in objs]
+        boxes = []
+        for o, m in zip(objs, masks):
+            b = o.get("box")
+            if b is None:
+                b = box_from_mask(m) or (0.0, 0.0, 0.0, 0.0)
+            if len(b) != 4:
+                raise ValueError(f"box must be [x1, y1, x2, y2]; got {b}")
+            boxes.append([float(v) for v in b])
+        turns = []
+        for t in d.get("turns", []):
+            targets = [int(i) for i in t.get("targets", [])]
+            if any(i < 0 or i >= len(objs) for i in targets):
+                raise ValueError(f"turn targets {targets} out of range for {len(objs)} objects")
+            turns.append(Turn(
+                user=t["user"], assistant=t["assistant"],
+                regions=[region_from_json(r, (H, W)) for r in t.get("regions", [])],
+                targets=targets, task=t.get("task", ""), expect=list(t.get("expect", [])),
+            ))
+        return Sample(
+            image=image,
+            boxes=np.array(boxes, np.float32).reshape(-1, 4),
+            masks=np.stack(masks) if masks else np.zeros((0, H, W), bool),
+            labels=[o.get("label", "") for o in objs],
+            turns=turns,
+            meta=dict(d.get("meta") or {}, source_line=where),
+        )
+    except ValueError as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{where}: malformed record ({type(e).__name__}: {e})") from None
+
+
+def _parse(line: str, where: str) -> dict:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_jsonl(path: str | Path) -> Iterator[Sample]:
+    """Lazily yield the Samples of a JSONL file (images are read as each line is reached)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"JSONL file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            yield sample_from_json(_parse(line, where), path.parent, where)
+
+
+class JsonlDataset:
+    """Map-style dataset over a JSONL file; records are parsed and images read on access.
+
+    Only the byte offset of each non-empty line is kept in memory.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ValueError(f"JSONL file not found: {self.path}")
+        self._offsets: list[tuple[int, int]] = []  # (byte offset, line number)
+        with open(self.path, "rb") as f:
+            pos, lineno = 0, 0
+            for line in f:
+                lineno += 1
+                if line.strip():
+                    self._offsets.append((pos, lineno))
+                pos += len(line)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, i: int) -> Sample:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        pos, lineno = self._offsets[i]
+        with open(self.path, "rb") as f:
+            f.seek(pos)
+            line = f.readline().decode("utf-8")
+        where = f"{self.path}:{lineno}"
+        return sample_from_json(_parse(line, where), self.path.parent, where)

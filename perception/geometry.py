@@ -1,0 +1,159 @@
+"""Every coordinate conversion of the project lives here.
+
+Frames:
+- *pixels*: the input image, x = column, y = row, boxes (x1, y1, x2, y2) with x2/y2 exclusive
+  (x2 = last column + 1), floats allowed.
+- *model frame*: the square model input of side S, normalised to [0, 1] x [0, 1]
+  (x right, y down). All heads predict and all region encoders read in this frame.
+
+``ImageFrame`` maps one image between the two. ``mode="stretch"`` resizes W x H to S x S
+(anisotropic; no pixels wasted, used by the tiny preset). ``mode="pad"`` scales the longest side
+to S and pads bottom/right (SAM's and our LLaVA presets' convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ImageFrame:
+    width: int  # input image W in pixels
+    height: int  # input image H in pixels
+    size: int  # model input side S
+    mode: str = "stretch"  # "stretch" | "pad"
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Pixels -> normalised model frame, multiplicative factors (sx, sy)."""
+        if self.mode == "stretch":
+            return 1.0 / self.width, 1.0 / self.height
+        s = 1.0 / max(self.width, self.height)
+        return s, s
+
+    @property
+    def valid(self) -> tuple[float, float]:
+        """Extent (w, h) of the image content in the normalised model frame (1, 1 unless padded)."""
+        sx, sy = self.scale
+        return self.width * sx, self.height * sy
+
+    # --- images -------------------------------------------------------------------------------
+    def image_to_model(self, image: Image.Image, fill=(124, 116, 104)) -> Image.Image:
+        """RGB PIL image (W x H) -> S x S PIL image in the model frame."""
+        S = self.size
+        if self.mode == "stretch":
+            return image.resize((S, S), Image.BILINEAR)
+        vw, vh = self.valid
+        w, h = max(1, round(vw * S)), max(1, round(vh * S))
+        canvas = Image.new("RGB", (S, S), fill)
+        canvas.paste(image.resize((w, h), Image.BILINEAR), (0, 0))
+        return canvas
+
+    # --- points and boxes ---------------------------------------------------------------------
+    def points_to_model(self, pts) -> np.ndarray:
+        """(..., 2) pixel (x, y) -> normalised model frame. Pixel centres: x + 0.5."""
+        p = np.asarray(pts, dtype=np.float64)
+        sx, sy = self.scale
+        return np.stack([(p[..., 0] + 0.5) * sx, (p[..., 1] + 0.5) * sy], -1)
+
+    def boxes_to_model(self, boxes) -> np.ndarray:
+        """(..., 4) pixel corners -> normalised model-frame corners."""
+        b = np.asarray(boxes, dtype=np.float64)
+        sx, sy = self.scale
+        return b * np.array([sx, sy, sx, sy])
+
+    def boxes_to_pixels(self, boxes) -> np.ndarray:
+        """(..., 4) normalised model-frame corners -> pixel corners, clipped to the image."""
+        b = np.asarray(boxes, dtype=np.float64)
+        sx, sy = self.scale
+        out = b / np.array([sx, sy, sx, sy])
+        return np.clip(out, 0, [self.width, self.height, self.width, self.height])
+
+    # --- masks --------------------------------------------------------------------------------
+    def mask_to_model(self, mask: np.ndarray, side: int) -> torch.Tensor:
+        """H x W bool mask -> side x side float tensor in the model frame (area-averaged)."""
+        m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+        vw, vh = self.valid
+        w, h = max(1, round(vw * side)), max(1, round(vh * side))
+        m = F.interpolate(m, size=(h, w), mode="area")[0, 0]
+        out = torch.zeros(side, side)
+        out[:h, :w] = m
+        return out
+
+    def logits_to_pixels(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., h, w) logits in the model frame -> (..., H, W) logits in input-image pixels."""
+        h, w = logits.shape[-2:]
+        vw, vh = self.valid
+        crop = logits[..., : max(1, round(vh * h)), : max(1, round(vw * w))]
+        lead = crop.shape[:-2]
+        x = crop.reshape(-1, 1, *crop.shape[-2:]).float()
+        x = F.interpolate(x, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        return x.reshape(*lead, self.height, self.width)
+
+
+def box_from_mask(mask: np.ndarray):
+    """Tight box (x1, y1, x2, y2), x2/y2 exclusive, of a bool H x W mask; None if empty."""
+    ys = np.flatnonzero(mask.any(1))
+    xs = np.flatnonzero(mask.any(0))
+    if len(xs) == 0:
+        return None
+    return (float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1))
+
+
+def blob_around_peak(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The connected component (8-connectivity) of ``prob >= threshold`` that holds the peak pixel.
+
+    Stray pixels on other objects inflate a whole-mask box; the blob around the most confident
+    pixel is the object the head meant. Returns an H x W bool mask (the peak pixel alone if
+    nothing clears the threshold).
+    """
+    from scipy import ndimage
+
+    fg = prob >= threshold
+    peak = np.unravel_index(int(np.argmax(prob)), prob.shape)
+    if not fg[peak]:
+        out = np.zeros_like(fg)
+        out[peak] = True
+        return out
+    labels, _ = ndimage.label(fg, structure=np.ones((3, 3), bool))
+    return labels == labels[peak]
+
+
+def box_iou(a, b) -> float:
+    """IoU of two corner boxes (any frame, same frame for both)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks of the same shape (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Element-wise GIoU of (N, 4) corner boxes -> (N,)."""
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    lt = torch.max(a[:, :2], b[:, :2])
+    rb = torch.min(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    union = area_a + area_b - inter
+    iou = inter / union.clamp(min=1e-6)
+    lt_c = torch.min(a[:, :2], b[:, :2])
+    rb_c = torch.max(a[:, 2:], b[:, 2:])
+    area_c = (rb_c - lt_c).clamp(min=0).prod(-1)
+    return iou - (area_c - union) / area_c.clamp(min=1e-6)
+
+
+def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = b.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)

@@ -1,0 +1,178 @@
+"""PerceptionModel: a backbone adapter + box head + mask head + region encoder, composed like SAM.
+
+Data flow (shapes for B images, T tokens, K perception tokens, R regions):
+  pixel_values (B,3,S,S) -> backbone.encode_images -> VisualFeatures(tokens (B,N,D), maps)
+                          -> mask_head.features     -> MaskFeatures(pixels (B,C,h,w))
+  regions -> region_encoder -> (R,D) ; input_ids (B,T) -> embeddings, image tokens and region
+  embeddings merged by masked scatter -> LM -> logits (B,T,V), hidden (B,T,D)
+  ``perception_states`` -> (K,D) -> box_head (K,4) / mask_head (K,h,w)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from perception import losses as L
+from perception.backbone import build_backbone
+from perception.config import PerceptionConfig
+from perception.heads import BoxHead, RegionEncoder, build_mask_head
+from perception.prompting import IGNORE, PromptEncoder
+
+
+def perception_states(hidden: torch.Tensor, input_ids: torch.Tensor, loc_id: int):
+    """Find the hidden states that decode into objects.
+
+    The state used for the perception token at position t is the last-layer hidden state at
+    position t - 1: the position whose logits *predict* ``<loc>``. In generation this state exists
+    as soon as ``<loc>`` is sampled (no extra forward pass); in training it is the same index.
+
+    hidden: (B, T, D); input_ids: (B, T). Returns (states (K, D), batch_index (K,), position (K,))
+    where position is t (the index of the ``<loc>`` token), ordered batch-major then by position.
+    A ``<loc>`` at t = 0 has no predicting position and is skipped.
+    """
+    is_loc = input_ids == loc_id
+    is_loc[:, 0] = False
+    b, t = is_loc.nonzero(as_tuple=True)
+    return hidden[b, t - 1], b, t
+
+
+def merge_embeddings(inputs_embeds, input_ids, token_id, values, what: str):
+    """Scatter ``values`` (M, D) into the positions of ``token_id`` (row-major), as LLaVA merges images.
+
+    Raises ValueError naming both counts when the number of placeholders and values disagree.
+    """
+    mask = input_ids == token_id
+    n = int(mask.sum())
+    m = 0 if values is None else values.shape[0]
+    if n != m:
+        raise ValueError(f"{what}: {n} placeholder token(s) in the text but {m} {what} embedding(s) given")
+    if n == 0:
+        return inputs_embeds
+    return inputs_embeds.masked_scatter(mask[..., None].expand_as(inputs_embeds), values.to(inputs_embeds.dtype))
+
+
+@dataclass
+class ImageState:
+    """Features of a batch of images, computed once and reused across turns."""
+
+    visual: object  # VisualFeatures
+    mask: object  # MaskFeatures
+
+    def select(self, index) -> "ImageState":
+        return ImageState(self.visual.select(index), self.mask.select(index))
+
+
+class PerceptionModel(nn.Module):
+    def __init__(self, config: PerceptionConfig, tokenizer, pretrained_backbone: bool = True):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.backbone = build_backbone(config.backbone, len(tokenizer), pretrained=pretrained_backbone)
+        self.prompts = PromptEncoder(tokenizer, self.backbone.num_image_tokens)
+        if hasattr(self.backbone, "set_image_token_id"):
+            self.backbone.set_image_token_id(self.prompts.image_id)
+        D = self.backbone.hidden_size
+        channels = self._map_channels()
+        self.mask_head = build_mask_head(config.mask_head, D, channels)
+        feat_dim = config.mask_head.dim
+        self.box_head = BoxHead(config.box_head, D)
+        self.region_encoder = RegionEncoder(config.region, D, feat_dim)
+
+    def _map_channels(self) -> dict:
+        with torch.no_grad():
+            S = self.config.backbone.image_size
+            dev = next(self.backbone.parameters()).device
+            vis = self.backbone.encode_images(torch.zeros(1, 3, S, S, device=dev))
+        ch = {k: v.shape[1] for k, v in vis.maps.items()}
+        if "grid" in vis.maps:
+            ch["_grid_size"] = vis.maps["grid"].shape[-1]
+        return ch
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+    @property
+    def loc_id(self) -> int:
+        return self.prompts.loc_id
+
+    # --- images and regions -------------------------------------------------------------------
+    def encode_images(self, pixel_values, mask_pixel_values=None) -> ImageState:
+        vis = self.backbone.encode_images(pixel_values)
+        return ImageState(vis, self.mask_head.features(vis, mask_pixel_values))
+
+    def encode_regions(self, state: ImageState, regions: dict | None):
+        """regions: {"bidx" (R,), "is_box" (R,) bool, "is_point" (R,) bool, "boxes" (R,4),
+        "masks" (R,M,M), "points" (R,2)} in the normalised model frame. Point regions become masks
+        through the click path first (``use_mask`` (R,) bool keeps the given mask instead:
+        training teacher-forces some clicks). Returns (R, D) or None.
+        """
+        if regions is None or len(regions["bidx"]) == 0:
+            return None
+        masks = regions["masks"].float()
+        is_point = regions["is_point"]
+        if is_point.any():
+            sel = is_point.nonzero().flatten()
+            with torch.no_grad():
+                logits = self.mask_head.from_points(state.mask, regions["points"][sel], regions["bidx"][sel])
+                clicked = (logits.sigmoid() > self.config.mask_head.mask_threshold).float()
+            clicked = L.mask_to_size(clicked, masks.shape[-2:])
+            keep = regions.get("use_mask")
+            if keep is not None:
+                clicked = torch.where(keep[sel][:, None, None], masks[sel], clicked)
+            masks = masks.clone()
+            masks[sel] = clicked
+        pixels = state.mask.pixels[regions["bidx"]]
+        return self.region_encoder(regions["is_box"], regions["boxes"], masks, pixels)
+
+    def embed(self, input_ids, state: ImageState, region_embeds=None):
+        """(B, T) ids -> (B, T, D) input embeddings with image and region embeddings merged."""
+        emb = self.backbone.embed_tokens(input_ids)
+        has_image = (input_ids == self.prompts.image_id).any(1)
+        img = state.visual.tokens[has_image].reshape(-1, emb.shape[-1]) if has_image.any() else None
+        emb = merge_embeddings(emb, input_ids, self.prompts.image_id, img, "image")
+        return merge_embeddings(emb, input_ids, self.prompts.region_id, region_embeds, "region")
+
+    # --- decoding states into objects ---------------------------------------------------------
+    def decode_states(self, state: ImageState, states, bidx):
+        """(K, D) perception-token states -> (mask logits (K,h,w), boxes (K,4) normalised)."""
+        return self.mask_head.from_states(state.mask, states, bidx), self.box_head(states)
+
+    # --- training -----------------------------------------------------------------------------
+    def forward(self, batch: dict) -> dict:
+        """Teacher-forced losses as a dict of named parts plus "loss" (the weighted sum).
+
+        batch: pixel_values (B,3,S,S), [mask_pixel_values], input_ids/attention_mask/labels (B,T),
+        loc_masks (K,h,w) and loc_boxes (K,4) for every <loc> in batch order, regions (see
+        encode_regions) or None, clicks {"bidx","points","masks"} or None.
+        """
+        w = self.config.loss
+        state = self.encode_images(batch["pixel_values"], batch.get("mask_pixel_values"))
+        region_embeds = self.encode_regions(state, batch.get("regions"))
+        emb = self.embed(batch["input_ids"], state, region_embeds)
+        logits, hidden, _ = self.backbone.forward_embeds(emb, batch.get("attention_mask"))
+        labels = batch["labels"]
+        out = {}
+        out["ce"] = nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+        )
+        total = w.ce * out["ce"]
+        states, bidx, _ = perception_states(hidden, batch["input_ids"], self.loc_id)
+        if states.shape[0]:
+            mlog, boxes = self.decode_states(state, states, bidx)
+            target = L.mask_to_size(batch["loc_masks"].to(mlog.dtype), mlog.shape[-2:])
+            out["mask_bce"], out["mask_dice"] = L.sigmoid_bce(mlog, target), L.dice(mlog, target)
+            out["box_l1"], out["box_giou"] = L.box_l1_giou(boxes, batch["loc_boxes"].float())
+            total = total + w.mask_bce * out["mask_bce"] + w.mask_dice * out["mask_dice"]
+            total = total + w.box_l1 * out["box_l1"] + w.box_giou * out["box_giou"]
+        clicks = batch.get("clicks")
+        if clicks is not None and len(clicks["bidx"]):
+            clog = self.mask_head.from_points(state.mask, clicks["points"], clicks["bidx"])
+            ct = L.mask_to_size(clicks["masks"].to(clog.dtype), clog.shape[-2:])
+            out["click"] = L.sigmoid_bce(clog, ct) + L.dice(clog, ct)
+            total = total + w.click * out["click"]
+        out["loss"] = total
+        return out

@@ -1,0 +1,112 @@
+"""The one registry of model presets. ``get_preset(name)`` returns a fresh PerceptionConfig.
+
+- ``tiny``: CPU-sized, trained from scratch on ShapesRef and shipped in checkpoints/tiny.
+  Conv stem (160 px, stride 2..16) -> 100 image tokens -> Llama (h256, 4 layers); mask from the
+  dot-product head (SAM's last stage) over stride-2 per-pixel features; the reported box is the
+  box of the mask blob around its peak (MLPs on one vector do not learn to localise from scratch
+  in a CPU budget: docs/RESULTS.md). The MLP box head is still trained.
+- ``tiny-llava``: LlavaForConditionalGeneration built from a tiny config (tests; same code as 7B).
+- ``llava-1.5-7b`` / ``llava-1.5-13b`` (+ SAM ViT-H, or ``-sam-vit-b``/``-sam-vit-l``): GPU presets;
+  LoRA r=16 on the LM's q/v, the paper's MLP box head, segment-anything's MaskDecoder.
+"""
+
+from __future__ import annotations
+
+from perception.config import (
+    BackboneConfig,
+    BoxHeadConfig,
+    LoraSettings,
+    MaskHeadConfig,
+    PerceptionConfig,
+)
+
+
+def _tiny() -> PerceptionConfig:
+    return PerceptionConfig(
+        preset="tiny",
+        backbone=BackboneConfig(kind="stem-llama", image_size=160, resize_mode="stretch"),
+        mask_head=MaskHeadConfig(kind="dot", dim=64, refine_layers=1),
+        box_head=BoxHeadConfig(source="mask"),
+    )
+
+
+def _tiny_llava() -> PerceptionConfig:
+    llava = {
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        "text_config": {
+            "model_type": "llama",
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "max_position_embeddings": 512,
+        },
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "projector_hidden_act": "gelu",
+    }
+    return PerceptionConfig(
+        preset="tiny-llava",
+        backbone=BackboneConfig(
+            kind="llava",
+            llava_config=llava,
+            image_size=32,
+            resize_mode="pad",
+            pixel_mean=[0.48145466, 0.4578275, 0.40821073],
+            pixel_std=[0.26862954, 0.26130258, 0.27577711],
+        ),
+        mask_head=MaskHeadConfig(kind="sam", dim=32, sam_variant=None),
+        box_head=BoxHeadConfig(hidden=64, source="head"),
+        lora=LoraSettings(enabled=True, r=4, alpha=8),
+    )
+
+
+_SAM_EMBED = {"vit_b": 768, "vit_l": 1024, "vit_h": 1280}
+
+
+def _llava(size: str, sam: str) -> PerceptionConfig:
+    return PerceptionConfig(
+        preset=f"llava-1.5-{size}" + ("" if sam == "vit_h" else f"-sam-{sam.replace('_', '-')}"),
+        backbone=BackboneConfig(
+            kind="llava",
+            name_or_path=f"llava-hf/llava-1.5-{size}-hf",
+            image_size=336,
+            resize_mode="pad",
+            pixel_mean=[0.48145466, 0.4578275, 0.40821073],
+            pixel_std=[0.26862954, 0.26130258, 0.27577711],
+            dtype="bfloat16",
+            gradient_checkpointing=True,
+        ),
+        mask_head=MaskHeadConfig(
+            kind="sam", dim=256, sam_variant=sam, sam_checkpoint=f"checkpoints/sam_{sam}.pth"
+        ),
+        box_head=BoxHeadConfig(hidden=4096 if size == "7b" else 5120, source="head"),
+        lora=LoraSettings(enabled=True, r=16, alpha=32, dropout=0.05),
+    )
+
+
+PRESETS = {
+    "tiny": _tiny,
+    "tiny-llava": _tiny_llava,
+    "llava-1.5-7b": lambda: _llava("7b", "vit_h"),
+    "llava-1.5-13b": lambda: _llava("13b", "vit_h"),
+    "llava-1.5-7b-sam-vit-b": lambda: _llava("7b", "vit_b"),
+    "llava-1.5-7b-sam-vit-l": lambda: _llava("7b", "vit_l"),
+    "llava-1.5-13b-sam-vit-b": lambda: _llava("13b", "vit_b"),
+    "llava-1.5-13b-sam-vit-l": lambda: _llava("13b", "vit_l"),
+}
+
+
+def get_preset(name: str) -> PerceptionConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,104 @@
+"""Conversation -> token ids, one function for training and inference.
+
+Layout (LLaVA-1.5's): ``<s>USER: <image>xN\n{user1} ASSISTANT: {answer1}</s>USER: {user2} ASSISTANT: ...``
+where ``<image>xN`` is N image-token ids (replaced by image features) and each ``<regionK>`` in a
+user message becomes one ``<region>`` id (replaced by a region embedding).
+
+User text is tokenized with special tokens split, so typed ``<image>``/``<loc>`` stay plain text.
+Assistant text may contain only ``<p>``, ``</p>`` and ``<loc>`` as special tokens; anything else
+special-looking in it (history can come from outside) is plain text too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from perception.tokens import (
+    IMAGE_TOKEN,
+    PERCEPTION_TOKEN,
+    PHRASE_CLOSE,
+    PHRASE_OPEN,
+    REGION_TOKEN,
+    split_regions,
+)
+
+_ANSWER_SPECIALS = re.compile(f"({re.escape(PHRASE_OPEN)}|{re.escape(PHRASE_CLOSE)}|{re.escape(PERCEPTION_TOKEN)})")
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    region_order: list = field(default_factory=list)  # per <region> id in order: (turn index, region number 1-based)
+
+
+class PromptEncoder:
+    """Turns conversations into ids for one tokenizer and one image-token count."""
+
+    def __init__(self, tokenizer, num_image_tokens: int):
+        self.tok = tokenizer
+        self.n_image = num_image_tokens
+        ids = tokenizer.convert_tokens_to_ids
+        self.image_id = ids(IMAGE_TOKEN)
+        self.region_id = ids(REGION_TOKEN)
+        self.loc_id = ids(PERCEPTION_TOKEN)
+        self.special = {t: ids(t) for t in (PHRASE_OPEN, PHRASE_CLOSE, PERCEPTION_TOKEN)}
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self.eos_id = tokenizer.eos_token_id
+        self._user_prefix_first = self.text("USER: ")
+        self._newline = self.text("\n")
+        self._user_prefix = self.text("USER: ")
+        self._assistant = self.text(" ASSISTANT:")
+        self._space = self.text(" ")
+
+    def text(self, s: str) -> list:
+        """Plain text -> ids; special-token strings are split into ordinary tokens."""
+        if not s:
+            return []
+        return self.tok(s, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def user(self, s: str) -> tuple[list, list]:
+        """User text -> (ids with one <region> id per placeholder, placeholder numbers in order)."""
+        pieces, numbers = split_regions(s)
+        ids = self.text(pieces[0])
+        for piece in pieces[1:]:
+            ids += [self.region_id] + self.text(piece)
+        return ids, numbers
+
+    def assistant(self, s: str) -> list:
+        ids = []
+        for part in _ANSWER_SPECIALS.split(s):
+            ids += [self.special[part]] if part in self.special else self.text(part)
+        return ids
+
+    def encode(self, turns, add_generation_prompt: bool = False, keep_placeholders=None) -> Encoded:
+        """turns: [(user, assistant or None)]. The last assistant may be None with add_generation_prompt.
+
+        keep_placeholders: per turn, False to render that turn's ``<regionK>`` as plain text (its
+        regions are unknown, e.g. history from a client that did not send them).
+        """
+        enc = Encoded()
+        ids, labels = enc.input_ids, enc.labels
+        ids += self.bos + self._user_prefix_first + [self.image_id] * self.n_image + self._newline
+        for i, (user, answer) in enumerate(turns):
+            if i > 0:
+                ids += self._user_prefix
+            if keep_placeholders is None or keep_placeholders[i]:
+                u, numbers = self.user(user)
+                enc.region_order += [(i, n) for n in numbers]
+            else:
+                u = self.text(user)
+            ids += u + self._assistant
+            labels += [IGNORE] * (len(ids) - len(labels))
+            if answer is None:
+                if i != len(turns) - 1 or not add_generation_prompt:
+                    raise ValueError("only the last turn may lack an answer")
+                ids += self._space
+                labels += [IGNORE] * len(self._space)
+                break
+            a = self._space + self.assistant(answer) + [self.eos_id]
+            ids += a
+            labels += [IGNORE] * len(self._space) + a[len(self._space):]
+        return enc

@@ -1,0 +1,223 @@
+"""The trainer: ``python -m perception train --config configs/NAME.yaml``.
+
+Single process, or DDP under ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU). Only
+rank 0 evaluates and writes. Checkpoints (``output_dir/checkpoint-STEP``) are written atomically
+and hold the model (save_pretrained format), the optimizer and the step; a run restarted with the
+same command continues from ``output_dir/latest``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from perception.config import TrainConfig
+
+
+def load_train_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file -> TrainConfig; ``overrides`` like ["steps=100", "data.num_workers=0"]."""
+    import yaml
+
+    with open(path) as f:
+        d = yaml.safe_load(f) or {}
+    for ov in overrides or []:
+        key, _, value = ov.partition("=")
+        node = d
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return TrainConfig.from_dict(d)
+
+
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def _deep_update(d: dict, upd: dict) -> dict:
+    for k, v in upd.items():
+        d[k] = _deep_update(d.get(k, {}), v) if isinstance(v, dict) and isinstance(d.get(k), dict) else v
+    return d
+
+
+def build_model(tc: TrainConfig):
+    """A fresh model from a preset (+ model_overrides) or an existing checkpoint folder."""
+    from perception.checkpoint import from_pretrained
+    from perception.config import PerceptionConfig
+    from perception.model import PerceptionModel
+    from perception.presets import PRESETS, get_preset
+
+    if tc.model in PRESETS:
+        cfg = get_preset(tc.model)
+        if tc.model_overrides:
+            cfg = PerceptionConfig.from_dict(_deep_update(cfg.to_dict(), tc.model_overrides))
+        if cfg.backbone.kind == "stem-llama":
+            from perception.tokenizer import build_tiny_tokenizer
+
+            tok = build_tiny_tokenizer()
+        else:
+            from perception.pipeline import backbone_tokenizer
+
+            tok = backbone_tokenizer(cfg)
+        model = PerceptionModel(cfg, tok)
+        if cfg.lora.enabled:
+            from perception.lora import apply_lora
+
+            apply_lora(model)
+        if cfg.mask_head.kind == "sam" and cfg.mask_head.sam_checkpoint and os.path.exists(cfg.mask_head.sam_checkpoint):
+            model.mask_head.load_sam_checkpoint(cfg.mask_head.sam_checkpoint)
+        return model
+    return from_pretrained(tc.model).train()
+
+
+def _param_groups(model, tc: TrainConfig):
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = 1.0
+        for prefix, s in tc.lr_scale.items():
+            if name.startswith(prefix):
+                scale = s
+        decay = p.ndim >= 2 and "embed" not in name
+        groups.setdefault((scale, decay), []).append(p)
+    return [
+        {"params": ps, "lr": tc.lr * s, "lr_scale": s, "weight_decay": tc.weight_decay if d else 0.0}
+        for (s, d), ps in groups.items()
+    ]
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    if step < tc.warmup:
+        return (step + 1) / tc.warmup
+    t = min(1.0, (step - tc.warmup) / max(1, tc.steps - tc.warmup))
+    return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def latest_checkpoint(out: Path):
+    f = out / "latest"
+    if f.is_file():
+        p = out / f.read_text().strip()
+        if p.is_dir():
+            return p
+    return None
+
+
+def save_checkpoint(model, opt, step: int, tc: TrainConfig, out: Path) -> Path:
+    from perception.checkpoint import atomic_dir, write_model
+
+    final = out / f"checkpoint-{step:06d}"
+    with atomic_dir(final) as tmp:
+        write_model(model, tmp)
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "train_config": tc.to_dict()}, indent=1))
+    tmp_latest = out / ".latest.tmp"
+    tmp_latest.write_text(final.name)
+    os.replace(tmp_latest, out / "latest")
+    ckpts = sorted(out.glob("checkpoint-*"))
+    for old in ckpts[: -tc.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
+    """Run (or resume) training. Returns the output folder. ``eval_fn(model, tc) -> dict``."""
+    from tqdm import tqdm
+
+    from perception.checkpoint import from_pretrained
+    from perception.data.collate import Collator, to_device
+    from perception.data.streams import build_stream
+
+    world, rank, local = _dist_info()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed + rank)
+    out = Path(tc.output_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(tc.to_dict(), indent=1))
+
+    resume = latest_checkpoint(out)
+    start = 0
+    if resume is not None:
+        model = from_pretrained(resume).train()
+        if model.config.lora.enabled and not getattr(model, "lora_applied", False):
+            from perception.lora import apply_lora
+
+            apply_lora(model)
+        start = json.loads((resume / "trainer_state.json").read_text())["step"]
+    else:
+        model = build_model(tc).train()
+    model.to(device)
+    opt = torch.optim.AdamW(_param_groups(model, tc), lr=tc.lr, betas=tuple(tc.betas))
+    if resume is not None:
+        opt.load_state_dict(torch.load(resume / "optimizer.pt", map_location=device, weights_only=True))
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+
+    collate = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens,
+                       clicks_per_image=tc.data.clicks_per_image, click_teacher=tc.data.click_teacher,
+                       seed=tc.seed * 7919 + rank * 104729 + start)
+    stream = build_stream(tc.data, tc.seed, rank, world, start * tc.batch_size)
+    loader = DataLoader(stream, batch_size=tc.batch_size, collate_fn=collate,
+                        num_workers=tc.data.num_workers, persistent_workers=tc.data.num_workers > 0,
+                        prefetch_factor=4 if tc.data.num_workers > 0 else None)
+    log = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    bar = tqdm(total=tc.steps, initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
+    it = iter(loader)
+    step = start
+    t0 = time.time()
+    while step < tc.steps:
+        batch = to_device(next(it), device)
+        f = lr_at(step, tc)
+        for g in opt.param_groups:
+            g["lr"] = tc.lr * g["lr_scale"] * f
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+            losses = ddp_model(batch)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        step += 1
+        parts = {k: round(float(v), 4) for k, v in losses.items()}
+        bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k != "loss"} | {"loss": f"{parts['loss']:.3f}"}, refresh=False)
+        bar.update(1)
+        if rank == 0:
+            log.write(json.dumps({"step": step, "time": round(time.time() - t0, 2), "lr": tc.lr * f,
+                                  "grad_norm": round(float(gnorm), 3), **parts}) + "\n")
+            if step % 20 == 0:
+                log.flush()
+            if step % tc.save_every == 0 or step == tc.steps:
+                save_checkpoint(model, opt, step, tc, out)
+            if eval_fn is not None and tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
+                model.eval()
+                res = eval_fn(model, tc)
+                model.train()
+                log.write(json.dumps({"step": step, "eval": res}) + "\n")
+                log.flush()
+                bar.write(f"step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in res.items() if isinstance(v, float)))
+        if world > 1:
+            dist.barrier()
+    bar.close()
+    if log:
+        log.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return out
