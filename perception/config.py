@@ -163,7 +163,7 @@ class DataConfig:
         "ground_A", "ground_S", "ground_R", "ground_all", "count",
         "region_what", "region_describe", "region_color", "region_shape", "click_seg",
     ])
-    weights: list = field(default_factory=lambda: [0.13, 0.17, 0.17, 0.12, 0.08, 0.06, 0.04, 0.05, 0.05, 0.13])
+    weights: list = field(default_factory=lambda: [0.10, 0.22, 0.20, 0.12, 0.08, 0.045, 0.045, 0.045, 0.045, 0.10])
     multi_turn: float = 0.15  # probability of a two-turn conversation
     clicks_per_image: int = 1  # click-to-mask auxiliary samples per image
     click_teacher: float = 0.5  # probability a point region uses its true mask while training

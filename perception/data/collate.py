@@ -77,31 +77,44 @@ class Collator:
         return batch
 
     def _add_region(self, reg, b, s: Sample, region, frame: ImageFrame):
-        M = self.region_side
-        point = torch.zeros(2)
-        use_mask = False
-        if region.kind == "box":
-            box = frame.boxes_to_model(region.box)
-            mask = box_mask(box, M)
-        else:
-            if region.kind == "mask":
-                m = region.mask
-            else:
-                x, y = int(region.point[0]), int(region.point[1])
-                hits = [k for k in range(len(s.masks)) if s.masks[k][y, x]]
-                m = s.masks[hits[-1]] if hits else np.zeros(s.masks.shape[1:], bool)
-                point = torch.tensor(frame.points_to_model(region.point), dtype=torch.float32)
-                use_mask = bool(hits) and self.rng.random() < self.click_teacher
-            mask = frame.mask_to_model(m, M)
-            tb = box_from_mask(m)
-            box = frame.boxes_to_model(tb) if tb else np.zeros(4)
+        g = region_geometry(region, frame, self.region_side)
+        g["use_mask"] = False
+        if region.kind == "point":  # teacher forcing: sometimes encode the clicked object's true mask
+            x, y = int(region.point[0]), int(region.point[1])
+            hits = [k for k in range(len(s.masks)) if s.masks[k][y, x]]
+            if hits and self.rng.random() < self.click_teacher:
+                g["masks"] = frame.mask_to_model(s.masks[hits[-1]], self.region_side)
+                g["use_mask"] = True
         reg["bidx"].append(b)
-        reg["is_box"].append(region.kind == "box")
-        reg["is_point"].append(region.kind == "point")
-        reg["boxes"].append(torch.tensor(box, dtype=torch.float32))
-        reg["masks"].append(mask)
-        reg["points"].append(point)
-        reg["use_mask"].append(use_mask)
+        for k, v in g.items():
+            reg[k].append(v)
+
+
+def region_geometry(region, frame: ImageFrame, side: int) -> dict:
+    """A Region in pixels -> the region encoder's inputs in the normalised model frame.
+
+    Returns {"is_box", "is_point", "boxes" (4,), "masks" (side, side), "points" (2,)}; a point's
+    mask is left empty (the model fills it through the click path).
+    """
+    point = torch.zeros(2)
+    if region.kind == "box":
+        box = frame.boxes_to_model(region.box)
+        mask = box_mask(box, side)
+    elif region.kind == "mask":
+        mask = frame.mask_to_model(region.mask, side)
+        tb = box_from_mask(region.mask)
+        box = frame.boxes_to_model(tb) if tb else np.zeros(4)
+    else:
+        mask = torch.zeros(side, side)
+        box = np.zeros(4)
+        point = torch.tensor(frame.points_to_model(region.point), dtype=torch.float32)
+    return {
+        "is_box": region.kind == "box",
+        "is_point": region.kind == "point",
+        "boxes": torch.tensor(box, dtype=torch.float32),
+        "masks": mask,
+        "points": point,
+    }
 
 
 def box_mask(box_norm, side: int) -> torch.Tensor:

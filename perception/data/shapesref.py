@@ -279,8 +279,8 @@ def draw_scene(
     """Draw one scene; every option left as None is sampled from the spec's range.
 
     n_objects: 1..6 requested (fewer when placement keeps failing). width/height: pixels.
-    antialias: supersampled drawing. noise: Gaussian sigma (False/0: none; sampled: none or
-    U[0, 6] with equal odds). jpeg: quality of a JPEG round trip (False: none; True: sampled in
+    antialias: supersampled drawing. noise: Gaussian sigma (False/0: none; True: U[0, 6];
+    sampled: none or U[0, 6] with equal odds). jpeg: quality of a JPEG round trip (False: none; True: sampled in
     75..95; sampled: 30% of scenes). background: "solid" | "vertical" | "horizontal" (colours
     sampled) or an RGB tuple (solid). Masks are the geometric ones, before noise and JPEG.
     """
@@ -292,6 +292,8 @@ def draw_scene(
     bg, bg_meta = _background(rng, W, H, background)
     if noise is None:
         noise = float(rng.uniform(*NOISE_SIGMA)) if rng.random() < 0.5 else 0.0
+    elif noise is True:
+        noise = float(rng.uniform(*NOISE_SIGMA))
     sigma = float(noise or 0.0)
     if jpeg is None:
         jpeg = bool(rng.random() < 0.3)
@@ -301,6 +303,8 @@ def draw_scene(
     elif jpeg:
         quality = int(jpeg)
     n = int(rng.integers(1, 7)) if n_objects is None else int(n_objects)
+    if n < 1:
+        raise ValueError(f"n_objects must be at least 1; got {n_objects}")
 
     placed: list[_Piece] = []
     for _ in range(n):

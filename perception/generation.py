@@ -1,0 +1,50 @@
+"""Greedy decoding with a KV cache, yielding tokens as they come, and collecting the hidden states
+that ``perception_states`` reads (the same function training uses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Generated:
+    ids: torch.Tensor  # (1, T + n) prompt + generated ids
+    hidden: torch.Tensor  # (1, T + n, D) last-layer hidden state per position (zeros where never computed)
+    prompt_len: int
+
+
+@torch.no_grad()
+def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_tokens: int, max_objects: int):
+    """Yield each new token id; the generator's return value (StopIteration.value) is a Generated.
+
+    Greedy (deterministic). Never emits <image>, <region>, <s> or <pad>; stops emitting <loc>
+    after ``max_objects``; stops at </s> or after ``max_new_tokens``.
+    """
+    p = model.prompts
+    emb = model.embed(input_ids, state, region_embeds)
+    logits, hidden, past = model.backbone.forward_embeds(emb, use_cache=True)
+    hiddens = [hidden[0]]
+    ids = input_ids[0].tolist()
+    T = len(ids)
+    banned = [t for t in (p.image_id, p.region_id, model.tokenizer.bos_token_id, model.tokenizer.pad_token_id) if t is not None]
+    n_obj = 0
+    for _ in range(max_new_tokens):
+        scores = logits[0, -1].float().clone()
+        scores[banned] = float("-inf")
+        if n_obj >= max_objects:
+            scores[p.loc_id] = float("-inf")
+        nxt = int(scores.argmax())
+        ids.append(nxt)
+        yield nxt
+        if nxt == p.eos_id:
+            break
+        n_obj += nxt == p.loc_id
+        tok = torch.tensor([[nxt]], device=input_ids.device)
+        logits, hidden, past = model.backbone.forward_embeds(model.backbone.embed_tokens(tok), past_key_values=past, use_cache=True)
+        hiddens.append(hidden[0])
+    h = torch.cat(hiddens, 0)
+    if h.shape[0] < len(ids):
+        h = torch.cat([h, h.new_zeros(len(ids) - h.shape[0], h.shape[1])], 0)
+    return Generated(torch.tensor([ids], device=input_ids.device), h[None], T)

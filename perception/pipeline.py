@@ -1,0 +1,322 @@
+"""The inference API the app, the CLI and the tests use: ``load_pipeline`` -> ``Pipeline``.
+
+Coordinates in and out are input-image pixels (see perception.types). Image features are computed
+once per image (an LRU keyed by the pixels) and reused across turns and clicks. Model calls are
+serialised by a lock: one model, many callers (threads of a web server).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perception.geometry import ImageFrame, blob_around_peak, box_from_mask
+from perception.images import load_image
+from perception.limits import DEFAULT_LIMITS, Limits
+from perception.tokens import REGION_PLACEHOLDER, check_region_numbers, parse_answer
+from perception.types import Answer, Grounding, Region
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINTS = REPO_ROOT / "checkpoints"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda; got {device!r}")
+    return torch.device(device)
+
+
+def backbone_tokenizer(cfg):
+    """The tokenizer for a preset's backbone, with our special tokens added."""
+    from perception.tokenizer import add_special_tokens, build_tiny_tokenizer
+
+    if cfg.backbone.kind == "stem-llama" or cfg.backbone.llava_config is not None:
+        return build_tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    from perception.backbone.llava import missing_weights_message
+
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg.backbone.name_or_path)
+    except OSError as e:
+        raise OSError(missing_weights_message(cfg.backbone.name_or_path)) from e
+    add_special_tokens(tok)
+    return tok
+
+
+def load_model(name_or_path: str, device="cpu"):
+    """Preset name, checkpoint folder or hub id -> PerceptionModel (eval mode)."""
+    from perception.checkpoint import from_pretrained
+    from perception.presets import PRESETS, get_preset
+
+    if name_or_path in PRESETS:
+        shipped = CHECKPOINTS / name_or_path
+        if (shipped / "config.json").is_file():
+            return from_pretrained(shipped, device)
+        from perception.model import PerceptionModel
+
+        cfg = get_preset(name_or_path)
+        warnings.warn(
+            f"no trained checkpoint for preset {name_or_path!r} in {shipped}: building it with "
+            f"untrained perception heads (answers will be meaningless)",
+            stacklevel=2,
+        )
+        return PerceptionModel(cfg, backbone_tokenizer(cfg)).to(device).eval()
+    if os.path.isdir(name_or_path):
+        return from_pretrained(name_or_path, device)
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(repo_id=name_or_path)
+        except Exception as e:
+            raise OSError(
+                f"could not fetch {name_or_path!r} from the Hugging Face Hub ({type(e).__name__}); "
+                f"download it on a connected machine and pass the local folder"
+            ) from None
+        return from_pretrained(folder, device)
+    raise ValueError(f"{name_or_path!r} is neither a preset ({', '.join(PRESETS)}), a folder, nor a hub id")
+
+
+def load_pipeline(name_or_path: str = "tiny", device: str = "auto", limits: Limits = DEFAULT_LIMITS) -> "Pipeline":
+    """Load a model by preset name, local folder or hub id, ready to chat."""
+    dev = resolve_device(device)
+    return Pipeline(load_model(name_or_path, dev), dev, limits)
+
+
+class Pipeline:
+    def __init__(self, model, device=None, limits: Limits = DEFAULT_LIMITS, cache_size: int = 8):
+        self.model = model.eval()
+        self.device = device or model.device
+        self.limits = limits
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.RLock()
+
+    # --- images -------------------------------------------------------------------------------
+    def _prepare(self, image):
+        image = load_image(image, self.limits.max_image_pixels)
+        key = hashlib.sha1(image.tobytes()).hexdigest() + f"{image.size}"
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return image, hit
+        cfg = self.model.config
+        frame = ImageFrame(*image.size, cfg.backbone.image_size, cfg.backbone.resize_mode)
+        pixels = self.model.backbone.preprocess(image)[None].to(self.device)
+        sam = self.model.mask_head.preprocess(image)[None].to(self.device) if self.model.mask_head.needs_pixels else None
+        with self._lock, torch.no_grad():
+            state = self.model.encode_images(pixels, sam)
+            self._cache[key] = (frame, state)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return image, (frame, state)
+
+    # --- click -> mask ------------------------------------------------------------------------
+    def segment_point(self, image, point) -> np.ndarray:
+        """A click (x, y) in pixels -> H x W bool mask of the object under it."""
+        image, (frame, state) = self._prepare(image)
+        r = Region(point=tuple(point))
+        x, y = r.point
+        W, H = image.size
+        if not (0 <= x < W and 0 <= y < H):
+            raise ValueError(f"point ({x}, {y}) is outside the {W}x{H} image")
+        pts = torch.tensor(frame.points_to_model((x, y)), dtype=torch.float32, device=self.device)[None]
+        with self._lock, torch.no_grad():
+            logits = self.model.mask_head.from_points(state.mask, pts, torch.zeros(1, dtype=torch.long, device=self.device))
+        prob = frame.logits_to_pixels(logits)[0].sigmoid().cpu().numpy()
+        mask = prob >= self.model.config.mask_head.mask_threshold
+        if not mask[int(y), int(x)]:  # keep the component the user clicked on, or the nearest confident one
+            return blob_around_peak(prob, self.model.config.mask_head.mask_threshold)
+        return _component_at(mask, int(x), int(y))
+
+    # --- chat ---------------------------------------------------------------------------------
+    def chat(self, image, message: str, history=None, regions=None, max_new_tokens=None) -> Answer:
+        out = None
+        for out in self.stream_chat(image, message, history, regions, max_new_tokens):
+            pass
+        return out
+
+    def stream_chat(self, image, message: str, history=None, regions=None, max_new_tokens=None):
+        """Yield the answer text (markup removed) as it grows, then the final Answer."""
+        from perception.data.collate import region_geometry
+        from perception.generation import generate
+
+        lim = self.limits
+        message = _clean_message(message, lim.max_prompt_chars)
+        regions = list(regions or [])
+        if len(regions) > lim.max_regions:
+            raise ValueError(f"{len(regions)} regions given; at most {lim.max_regions} per message")
+        regions = [r if isinstance(r, Region) else _region_from_dict(r) for r in regions]
+        _, numbers = _split_numbers(message)
+        check_region_numbers(numbers, len(regions))
+        image, (frame, state) = self._prepare(image)
+        W, H = image.size
+        for i, r in enumerate(regions, 1):
+            _check_region(r, W, H, i)
+
+        history = list(history or [])
+        turns, turn_regions, keep = _history_turns(history, lim.max_history_turns, image.size)
+        turns.append((message, None))
+        turn_regions.append(regions)
+        keep.append(True)
+        enc = self.model.prompts.encode(turns, add_generation_prompt=True, keep_placeholders=keep)
+        side = self.model.config.region.mask_size * 2
+        with self._lock, torch.no_grad():
+            region_embeds = None
+            if enc.region_order:
+                geo = [region_geometry(turn_regions[t][n - 1], frame, side) for t, n in enc.region_order]
+                rd = {k: torch.stack([torch.as_tensor(g[k]) for g in geo]).to(self.device) for k in geo[0]}
+                rd["bidx"] = torch.zeros(len(geo), dtype=torch.long, device=self.device)
+                region_embeds = self.model.encode_regions(state, rd)
+            ids = torch.tensor([enc.input_ids], device=self.device)
+            max_new = min(max_new_tokens or lim.max_new_tokens, lim.max_new_tokens)
+            gen = generate(self.model, state, ids, region_embeds, max_new, lim.max_objects)
+            new_ids = []
+            while True:
+                try:
+                    new_ids.append(next(gen))
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                yield parse_answer(self._decode(new_ids)).text
+            raw = self._decode(new_ids)
+            objects = self._objects(result, state, frame, parse_answer(raw).phrases)
+        parsed = parse_answer(raw)
+        new_history = history + [
+            {"role": "user", "content": message, "regions": [_region_to_dict(r) for r in regions]},
+            {"role": "assistant", "content": raw},
+        ]
+        yield Answer(text=parsed.text, objects=objects, history=new_history, raw=raw)
+
+    def _decode(self, ids) -> str:
+        tok = self.model.tokenizer
+        ids = [i for i in ids if i != tok.eos_token_id]
+        return tok.decode(ids, skip_special_tokens=False)
+
+    def _objects(self, gen, state, frame: ImageFrame, phrases) -> list:
+        from perception.model import perception_states
+
+        states, bidx, pos = perception_states(gen.hidden, gen.ids, self.model.loc_id)
+        new = pos >= gen.prompt_len
+        states, bidx = states[new], bidx[new]
+        if states.shape[0] == 0:
+            return []
+        logits, boxes = self.model.decode_states(state, states, bidx)
+        probs = frame.logits_to_pixels(logits).sigmoid().cpu().numpy()
+        thr = self.model.config.mask_head.mask_threshold
+        source = self.model.config.box_head.source
+        out = []
+        for k in range(states.shape[0]):
+            prob = probs[k]
+            mask = blob_around_peak(prob, thr) if source == "mask" else prob >= thr
+            if source == "mask":
+                box = box_from_mask(mask)
+            else:
+                box = tuple(frame.boxes_to_pixels(boxes[k].cpu().numpy()).tolist())
+            score = float(prob[mask].mean()) if mask.any() else 0.0
+            phrase = phrases[k] if k < len(phrases) else None
+            out.append(Grounding(box=tuple(float(v) for v in box), mask=mask, phrase=phrase, score=score))
+        return out
+
+
+def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    return labels == labels[y, x]
+
+
+def _clean_message(message, max_chars: int) -> str:
+    if message is None or not isinstance(message, str):
+        raise ValueError(f"the message must be text; got {type(message).__name__}")
+    # control characters (except newline and tab) carry nothing and confuse tokenizers
+    message = "".join(ch for ch in message if ch in "\n\t" or ch.isprintable())
+    if not message.strip():
+        raise ValueError("the message is empty")
+    if len(message) > max_chars:
+        raise ValueError(f"the message has {len(message):,} characters; the limit is {max_chars:,}")
+    return message.strip()
+
+
+def _split_numbers(message: str):
+    return None, [int(m.group(1)) for m in REGION_PLACEHOLDER.finditer(message)]
+
+
+def _check_region(r: Region, W: int, H: int, i: int) -> None:
+    if r.point is not None:
+        x, y = r.point
+        if not (x < W and y < H):
+            raise ValueError(f"region {i}: point ({x}, {y}) is outside the {W}x{H} image")
+    elif r.box is not None:
+        x1, y1, x2, y2 = r.box
+        if x1 >= W or y1 >= H:
+            raise ValueError(f"region {i}: box {tuple(r.box)} is outside the {W}x{H} image")
+    else:
+        if r.mask.shape != (H, W):
+            raise ValueError(f"region {i}: mask is {r.mask.shape[1]}x{r.mask.shape[0]} but the image is {W}x{H}")
+        if not r.mask.any():
+            raise ValueError(f"region {i}: mask is empty")
+
+
+def _region_to_dict(r: Region) -> dict:
+    from perception.data.jsonl import region_to_json
+
+    return region_to_json(r)
+
+
+def _region_from_dict(d) -> Region:
+    from perception.data.jsonl import region_from_json
+
+    if not isinstance(d, dict):
+        raise ValueError(f"a region must be perception.Region or a dict with point, box or mask; got {type(d).__name__}")
+    return region_from_json(d)
+
+
+def _history_turns(history, max_turns: int, size):
+    """Messages-format history -> [(user, assistant)], their regions, and whether placeholders are live.
+
+    Accepts [{"role": "user"|"assistant", "content": str, "regions": [...]?}, ...]; other roles and
+    non-text contents are skipped. Only the last ``max_turns`` complete turns are kept.
+    """
+    turns, regs, keep = [], [], []
+    pending = None
+    for m in history:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            continue
+        if m.get("role") == "user":
+            pending = m
+        elif m.get("role") == "assistant" and pending is not None:
+            rs = []
+            live = True
+            try:
+                rs = [_region_from_dict(r) for r in pending.get("regions") or []]
+                _, nums = _split_numbers(pending["content"])
+                check_region_numbers(nums, len(rs))
+                W, H = size
+                for i, r in enumerate(rs, 1):
+                    _check_region(r, W, H, i)
+            except (ValueError, TypeError):
+                rs, live = [], False
+            text = pending["content"][:4000]
+            turns.append((text, m["content"][:4000]))
+            regs.append(rs)
+            keep.append(live)
+            pending = None
+    if max_turns >= 0:
+        turns, regs, keep = turns[len(turns) - max_turns:] if max_turns else [], regs[len(regs) - max_turns:] if max_turns else [], keep[len(keep) - max_turns:] if max_turns else []
+    return turns, regs, keep
