@@ -125,13 +125,20 @@ def write_model(model, folder: Path) -> None:
     """Write config, tokenizer and weights into an existing (temporary) folder."""
     (folder / CONFIG_NAME).write_text(model.config.to_json())
     model.tokenizer.save_pretrained(str(folder))
-    if model.config.lora.enabled and getattr(model, "lora_applied", False):
+    if uses_adapter_format(model):
         from perception.lora import save_lora
 
         save_lora(model, folder)
         save_sharded(trainable_non_lora_state(model), folder, "heads", HEADS_INDEX_NAME)
     else:
         save_sharded(full_state(model), folder, "model", INDEX_NAME)
+
+
+def uses_adapter_format(model) -> bool:
+    """LoRA on a backbone that can be re-fetched (hub id / folder): save only what training changed.
+    A backbone built from a config (random weights) is saved in full."""
+    b = model.config.backbone
+    return bool(getattr(model, "lora_applied", False) and b.llava_config is None and b.name_or_path)
 
 
 def full_state(model) -> dict:
@@ -176,6 +183,10 @@ def from_pretrained(folder: str | os.PathLike, device="cpu"):
     if (folder / INDEX_NAME).is_file():
         model = PerceptionModel(config, tokenizer, pretrained_backbone=False)
         state = load_sharded(folder, INDEX_NAME)
+        if any("lora_" in k for k in state):
+            from perception.lora import apply_lora
+
+            apply_lora(model)
         _load_strict(model, state, folder / INDEX_NAME)
     else:
         model = PerceptionModel(config, tokenizer, pretrained_backbone=True)

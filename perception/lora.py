@@ -38,6 +38,8 @@ def apply_lora(model) -> None:
     for name, p in model.named_parameters():
         if name.startswith("backbone."):
             p.requires_grad = "lora_" in name or _is_embedding(model, name)
+        else:  # heads and region encoder: fully trainable (peft froze them)
+            p.requires_grad = True
 
 
 def _is_embedding(model, name: str) -> bool:
