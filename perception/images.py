@@ -49,7 +49,9 @@ def load_image(src, max_pixels: int | None = None) -> Image.Image:
                 img.load()
         except ValueError:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ValueError(f"{name} is over the limit of {max_pixels:,} pixels ({e})") from None
+        except UnidentifiedImageError as e:
             raise ValueError(f"{name} is not a readable image ({type(e).__name__}: {e})") from None
         except (OSError, SyntaxError, EOFError) as e:
             raise ValueError(f"{name} could not be decoded (truncated or corrupt): {e}") from None

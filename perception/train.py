@@ -196,7 +196,7 @@ def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         step += 1
-        parts = {k: round(float(v), 4) for k, v in losses.items()}
+        parts = {k: round(float(v.detach()), 4) for k, v in losses.items()}
         bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k != "loss"} | {"loss": f"{parts['loss']:.3f}"}, refresh=False)
         bar.update(1)
         if rank == 0:
@@ -206,6 +206,7 @@ def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
                 log.flush()
             if step % tc.save_every == 0 or step == tc.steps:
                 save_checkpoint(model, opt, step, tc, out)
+                _ddp_check_writer(rank, step)
             if eval_fn is not None and tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
                 model.eval()
                 res = eval_fn(model, tc)
@@ -216,8 +217,26 @@ def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
         if world > 1:
             dist.barrier()
     bar.close()
+    _ddp_check_params(model, rank)
     if log:
         log.close()
     if world > 1:
         dist.destroy_process_group()
     return out
+
+
+def _ddp_check_writer(rank: int, step: int) -> None:
+    """Test hook (PERCEPTION_DDP_CHECK=folder): record which rank wrote a checkpoint."""
+    d = os.environ.get("PERCEPTION_DDP_CHECK")
+    if d:
+        Path(d).mkdir(parents=True, exist_ok=True)
+        (Path(d) / f"writer-{step}-{os.getpid()}").write_text(str(rank))
+
+
+def _ddp_check_params(model, rank: int) -> None:
+    """Test hook: save a fingerprint of every parameter so a test can compare ranks."""
+    d = os.environ.get("PERCEPTION_DDP_CHECK")
+    if d:
+        Path(d).mkdir(parents=True, exist_ok=True)
+        fp = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+        torch.save(fp, Path(d) / f"rank{rank}.pt")

@@ -1,0 +1,162 @@
+"""Text and JSON formats of the app: coloured chat HTML, the ``regions`` JSON of the API, placeholders.
+
+No gradio and no model here: plain functions on strings, lists and dicts (easy to test).
+Colours: object i of an answer (0-based) is ``color_hex(i)``, the colour ``draw_overlay`` gives it,
+and region N of a message (1-based) is ``color_hex(N - 1)``, the colour of its mask on the image.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+from perception import Region
+from perception.data.jsonl import region_from_json
+from perception.render import color_hex
+
+PLACEHOLDER = re.compile(r"<region(\d+)>")
+
+
+# --- chat HTML ----------------------------------------------------------------------------------
+
+
+def _span(text: str, color: str) -> str:
+    return f'<span style="color:{color};font-weight:600">{html.escape(text)}</span>'
+
+
+def _tag(number: int) -> str:
+    """A small numbered marker ``[n]`` in object n's colour (1-based)."""
+    return f'<sup style="color:{color_hex(number - 1)};font-weight:700">[{number}]</sup>'
+
+
+def escape(text: str) -> str:
+    """Plain text -> HTML that the chat shows verbatim (``<region1>`` stays visible)."""
+    return html.escape(text or "")
+
+
+def user_html(message: str) -> str:
+    """A user message with each ``<regionN>`` in region N's colour."""
+    out, last = [], 0
+    for m in PLACEHOLDER.finditer(message):
+        out.append(escape(message[last : m.start()]))
+        out.append(_span(m.group(0), color_hex(int(m.group(1)) - 1)))
+        last = m.end()
+    out.append(escape(message[last:]))
+    return "".join(out)
+
+
+def answer_html(text: str, phrases: list) -> str:
+    """The answer text with the phrase of object i in ``color_hex(i)``, followed by its number.
+
+    phrases: one entry per grounded object, in answer order (``Grounding.phrase``: str or None).
+    Consecutive objects with the same phrase share one occurrence (``the squares [1][2]``); an
+    object whose phrase is None or not found in the text gets its marker at the end.
+    """
+    out, cursor, trailing = [], 0, []
+    i = 0
+    while i < len(phrases):
+        phrase = phrases[i]
+        j = i + 1
+        while phrase and j < len(phrases) and phrases[j] == phrase:
+            j += 1
+        pos = text.find(phrase, cursor) if phrase else -1
+        if pos < 0:
+            trailing.extend(range(i + 1, j + 1))
+        else:
+            out.append(escape(text[cursor:pos]))
+            out.append(_span(phrase, color_hex(i)) + "".join(_tag(k) for k in range(i + 1, j + 1)))
+            cursor = pos + len(phrase)
+        i = j
+    out.append(escape(text[cursor:]))
+    if trailing:
+        out.append(" " + "".join(_tag(k) for k in trailing))
+    return "".join(out)
+
+
+# --- regions ------------------------------------------------------------------------------------
+
+
+def parse_regions(value, size: tuple[int, int] | None = None) -> list[Region]:
+    """The API's ``regions`` argument -> [Region].
+
+    value: a JSON string or an already parsed list of ``{"point": [x, y]}``, ``{"box": [x1, y1, x2,
+    y2]}`` or ``{"mask": COCO RLE}`` in image pixels; None, "" and "[]" mean no regions.
+    size: (w, h) of the image; a mask of another size is an error. Raises ValueError naming the problem.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"regions must be a JSON list; could not parse it ({e.msg} at column {e.colno})") from None
+    if not isinstance(value, list):
+        raise ValueError(f"regions must be a JSON list of {{point|box|mask}} objects; got {type(value).__name__}")
+    hw = (size[1], size[0]) if size is not None else None
+    out = []
+    for n, d in enumerate(value, 1):
+        try:
+            out.append(region_from_json(d, hw))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"region {n}: {e}") from None
+    return out
+
+
+def parse_history(value) -> list:
+    """The API's ``history`` argument (JSON string or list, messages format) -> list."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"history must be a JSON list of messages; could not parse it ({e.msg})") from None
+    if not isinstance(value, list):
+        raise ValueError(f"history must be a list of {{role, content}} messages; got {type(value).__name__}")
+    return value
+
+
+def placeholder_numbers(message: str) -> list[int]:
+    """The N of each ``<regionN>`` in the message, in order."""
+    return [int(m.group(1)) for m in PLACEHOLDER.finditer(message or "")]
+
+
+def check_placeholders(message: str, n_regions: int) -> None:
+    """Every ``<regionN>`` must name an existing region (1..n_regions); ValueError otherwise."""
+    missing = sorted({n for n in placeholder_numbers(message) if n < 1 or n > n_regions})
+    if missing:
+        names = ", ".join(f"<region{n}>" for n in missing)
+        have = f"only {n_regions} region(s) exist" if n_regions else "no regions exist yet"
+        raise ValueError(f"{names} refers to a region that does not exist: {have}. "
+                         f"Click the image to add a region first.")
+
+
+def compact_regions(message: str, regions: list) -> tuple[str, list]:
+    """Keep only the regions the message refers to and renumber them 1..K in order of first mention.
+
+    ``"What is <region2>?"`` with [A, B] -> ``("What is <region1>?", [B])``. The message must pass
+    ``check_placeholders`` first.
+    """
+    order: list[int] = []
+    for n in placeholder_numbers(message):
+        if n not in order:
+            order.append(n)
+    new_number = {n: k for k, n in enumerate(order, 1)}
+    text = PLACEHOLDER.sub(lambda m: f"<region{new_number[int(m.group(1))]}>", message)
+    return text, [regions[n - 1] for n in order]
+
+
+def remove_placeholder(message: str, number: int) -> str:
+    """Drop ``<region{number}>`` from the message and shift higher numbers down by one."""
+    def sub(m):
+        n = int(m.group(1))
+        return "" if n == number else f"<region{n - 1}>" if n > number else m.group(0)
+
+    return re.sub(r"  +", " ", PLACEHOLDER.sub(sub, message or ""))
+
+
+def append_placeholder(message: str, number: int) -> str:
+    """The message with `` <region{number}>`` added at the end."""
+    message = (message or "").rstrip()
+    return f"{message} <region{number}>" if message else f"<region{number}>"

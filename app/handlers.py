@@ -1,0 +1,422 @@
+"""Event handlers of the app: plain functions of (session dict, component values) -> output values.
+
+They are wired to components in ``app/ui.py`` and can be called directly (tests). Session state
+(``new_session()``) lives in a ``gr.State``, one per browser tab; handlers never mutate the dict
+they are given but return an updated copy. Errors reach the user as ``gr.Warning`` (nothing
+happened, carry on) or ``gr.Error`` (the request failed), never as a stack trace.
+
+Session dict:
+    image:     the PIL image (RGB) the conversation is about, or None
+    regions:   [{"region": {"mask": RLE} | {"box": [x1, y1, x2, y2]}, "label": str}], pending for the next message
+    box_start: [x, y] first corner of a box being drawn (box mode), or None
+    history:   the pipeline's messages-format history (user turns carry "regions")
+    chat:      what the Chatbot shows (messages format, HTML contents)
+    answer:    the last perception.Answer, or None
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageDraw
+
+from perception import Answer, Region
+from perception.data.jsonl import rle_decode, rle_encode
+from perception.images import load_image
+from perception.render import answer_json, color_hex, draw_overlay
+
+from app import format as fmt
+from app import model
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = sorted((Path(__file__).resolve().parent / "examples").glob("*.png"))
+MODE_OBJECT = "Object (1 click)"
+MODE_BOX = "Box (2 clicks)"
+MODES = [MODE_OBJECT, MODE_BOX]
+EXPORT_DIR = Path(tempfile.gettempdir()) / "perception-app-exports"
+EXPORT_MAX_AGE_S = 3600
+
+
+def new_session() -> dict:
+    return {"image": None, "regions": [], "box_start": None, "history": [], "chat": [], "answer": None}
+
+
+def _copy(sess: dict | None) -> dict:
+    s = dict(new_session(), **(sess or {}))
+    s["regions"] = list(s["regions"])
+    s["history"] = list(s["history"])
+    s["chat"] = [dict(m) for m in s["chat"]]
+    return s
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def _shown(msg: str) -> str:
+    """Toasts render HTML: escape it so ``<region3>`` stays visible."""
+    return html.escape(msg, quote=False)
+
+
+def error(msg: str) -> gr.Error:
+    return gr.Error(_shown(msg), title="Error", print_exception=False)
+
+
+def warn(msg: str) -> None:
+    gr.Warning(_shown(msg))
+
+
+def model_error(what: str, e: Exception) -> gr.Error:
+    """A failure inside the model: logged in full on the server, short for the user."""
+    log.exception("model error during %s", what)
+    return error(f"The model failed while {what} ({type(e).__name__}). Try again or use another image; "
+                 f"details are in the server log.")
+
+
+def _image(src):
+    """Any accepted input -> RGB PIL image within the pixel limit, or gr.Error."""
+    if src is None:
+        raise error("No image: upload one or pick an example first.")
+    try:
+        return load_image(src, model.limits().max_image_pixels)
+    except ValueError as e:
+        raise error(str(e)) from None
+
+
+# --- drawing ------------------------------------------------------------------------------------
+
+
+def _box_of(mask: np.ndarray) -> tuple:
+    ys, xs = np.nonzero(mask)
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+
+
+def _region_shapes(regions: list) -> list:
+    """Pending regions as objects draw_overlay understands (.mask, .box)."""
+    out = []
+    for r in regions:
+        d = r["region"]
+        if "mask" in d:
+            m = rle_decode(d["mask"])
+            out.append(SimpleNamespace(mask=m, box=_box_of(m)))
+        else:
+            out.append(SimpleNamespace(mask=None, box=tuple(d["box"])))
+    return out
+
+
+def regions_view(sess: dict):
+    """The clickable image: the session image with each pending region (mask/box, number) on it."""
+    image = sess["image"]
+    if image is None:
+        return None
+    view = draw_overlay(image, _region_shapes(sess["regions"])) if sess["regions"] else image.copy()
+    if sess.get("box_start"):
+        x, y = sess["box_start"]
+        d = ImageDraw.Draw(view)
+        c = color_hex(len(sess["regions"]))
+        r = max(4, round(min(view.size) / 60))
+        d.line([x - r, y, x + r, y], fill=c, width=2)
+        d.line([x, y - r, x, y + r], fill=c, width=2)
+    return view
+
+
+def answer_overlay(sess: dict, show_masks: bool = True, show_boxes: bool = True):
+    ans = sess.get("answer")
+    if sess["image"] is None or ans is None:
+        return None
+    return draw_overlay(sess["image"], ans.objects, show_masks=show_masks, show_boxes=show_boxes)
+
+
+def region_choices(sess: dict) -> list[str]:
+    return [f"region{i} · {r['label']}" for i, r in enumerate(sess["regions"], 1)]
+
+
+def region_dropdown(sess: dict):
+    choices = region_choices(sess)
+    return gr.update(choices=choices, value=choices[-1] if choices else None)
+
+
+# --- exports ------------------------------------------------------------------------------------
+
+
+def _prune_exports() -> None:
+    cutoff = time.time() - EXPORT_MAX_AGE_S
+    for p in EXPORT_DIR.glob("*"):
+        try:
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
+        except OSError:
+            pass
+
+
+def export_files(answer: Answer, overlay: Image.Image | None) -> tuple[str | None, str | None]:
+    """Write the answer as JSON (boxes, COCO RLE masks, phrases) and the overlay as PNG -> their paths."""
+    if answer is None:
+        return None, None
+    EXPORT_DIR.mkdir(exist_ok=True)
+    _prune_exports()
+    stem = uuid.uuid4().hex[:12]
+    jpath = EXPORT_DIR / f"answer-{stem}.json"
+    jpath.write_text(json.dumps({"text": answer.text, "objects": answer_json(answer)}, indent=1))
+    ppath = None
+    if overlay is not None:
+        ppath = EXPORT_DIR / f"overlay-{stem}.png"
+        overlay.save(ppath)
+    return str(jpath), str(ppath) if ppath else None
+
+
+# --- image --------------------------------------------------------------------------------------
+
+
+def set_image(sess: dict, image):
+    """A new image starts a new conversation.
+
+    Returns (sess, clickable image, chat, overlay, region dropdown, objects JSON, json file, png file).
+    A rejected image leaves the session without one and shows a warning.
+    """
+    s = new_session()
+    if image is not None:
+        try:
+            s["image"] = load_image(image, model.limits().max_image_pixels)
+        except ValueError as e:
+            warn(str(e))
+    return s, s["image"], [], None, region_dropdown(s), None, None, None
+
+
+def pick_example(sess: dict, evt: gr.SelectData):
+    """Gallery click -> that example scene as the new image (same outputs as set_image)."""
+    i = evt.index if isinstance(evt.index, int) else evt.index[0]
+    if not 0 <= i < len(EXAMPLES):
+        raise error(f"no example number {i}")
+    return set_image(sess, str(EXAMPLES[i]))
+
+
+def clear_image(sess: dict):
+    return set_image(sess, None)
+
+
+# --- regions ------------------------------------------------------------------------------------
+
+
+def segment(image, x, y):
+    """Click-to-segment, the ``/segment_point`` endpoint: (image, x, y pixels) -> (mask RLE, overlay).
+
+    image: file path, PIL image or array. The overlay shows the mask and its box as region 1.
+    """
+    img = _image(image)
+    try:
+        xy = (int(x), int(y))
+    except (TypeError, ValueError):
+        raise error(f"x and y must be integer pixels; got {x!r}, {y!r}") from None
+    W, H = img.size
+    if not (0 <= xy[0] < W and 0 <= xy[1] < H):
+        raise error(f"point {xy} is outside the {W}x{H} image")
+    try:
+        mask = model.segment_point(img, xy)
+    except ValueError as e:
+        raise error(str(e)) from None
+    except Exception as e:
+        raise model_error("segmenting the click", e) from None
+    shapes = [SimpleNamespace(mask=mask, box=_box_of(mask))] if mask.any() else []
+    return rle_encode(mask), draw_overlay(img, shapes)
+
+
+def click(sess: dict, message: str, mode: str, evt: gr.SelectData):
+    """A click on the image adds a region (object mask, or a box corner in box mode).
+
+    Returns (sess, clickable image, message, region dropdown). The message gains ``<regionN>``.
+    """
+    s = _copy(sess)
+    if s["image"] is None:
+        warn("Load an image first (upload one or pick an example), then click an object in it.")
+        return s, gr.skip(), message, gr.skip()
+    try:
+        x, y = (int(round(float(v))) for v in evt.index[:2])
+    except (TypeError, ValueError, IndexError):
+        raise error(f"could not read the click position {evt.index!r}") from None
+    W, H = s["image"].size
+    x, y = min(max(x, 0), W - 1), min(max(y, 0), H - 1)
+    if len(s["regions"]) >= model.limits().max_regions and not (mode == MODE_BOX and s["box_start"]):
+        warn(f"At most {model.limits().max_regions} regions per message: remove one first.")
+        return s, gr.skip(), message, gr.skip()
+    if mode == MODE_BOX:
+        if not s["box_start"]:
+            s["box_start"] = [x, y]
+            return s, regions_view(s), message, gr.skip()
+        (x0, y0), s["box_start"] = s["box_start"], None
+        box = [min(x0, x), min(y0, y), max(x0, x) + 1, max(y0, y) + 1]
+        entry = {"region": {"box": box}, "label": f"box ({box[0]}, {box[1]})-({box[2]}, {box[3]})"}
+    else:
+        s["box_start"] = None
+        rle, _ = segment(s["image"], x, y)
+        if not rle_decode(rle).any():
+            warn("No object found at that point: try another spot, or box mode.")
+            return s, regions_view(s), message, gr.skip()
+        entry = {"region": {"mask": rle}, "label": f"object at ({x}, {y})"}
+    s["regions"].append(entry)
+    message = fmt.append_placeholder(message, len(s["regions"]))
+    return s, regions_view(s), message, region_dropdown(s)
+
+
+def add_box(sess: dict, message: str, x1, y1, x2, y2):
+    """Add a box region from typed corners (pixels, x2/y2 exclusive). Same outputs as click()."""
+    s = _copy(sess)
+    if s["image"] is None:
+        warn("Load an image first, then add a box.")
+        return s, gr.skip(), message, gr.skip()
+    if len(s["regions"]) >= model.limits().max_regions:
+        warn(f"At most {model.limits().max_regions} regions per message: remove one first.")
+        return s, gr.skip(), message, gr.skip()
+    try:
+        box = [int(v) for v in (x1, y1, x2, y2)]
+        Region(box=tuple(box))
+    except (TypeError, ValueError) as e:
+        raise error(f"box needs four numbers x1 < x2, y1 < y2: {e}") from None
+    W, H = s["image"].size
+    if box[0] >= W or box[1] >= H:
+        raise error(f"box {tuple(box)} is outside the {W}x{H} image")
+    box = [box[0], box[1], min(box[2], W), min(box[3], H)]
+    s["regions"].append({"region": {"box": box}, "label": f"box ({box[0]}, {box[1]})-({box[2]}, {box[3]})"})
+    message = fmt.append_placeholder(message, len(s["regions"]))
+    return s, regions_view(s), message, region_dropdown(s)
+
+
+def remove_region(sess: dict, message: str, choice: str | None):
+    """Remove the region picked in the dropdown; later ones shift down (so do their placeholders)."""
+    s = _copy(sess)
+    choices = region_choices(s)
+    if choice not in choices:
+        warn("Pick a region to remove in the list first.")
+        return s, gr.skip(), message, region_dropdown(s)
+    k = choices.index(choice) + 1
+    s["regions"].pop(k - 1)
+    return s, regions_view(s), fmt.remove_placeholder(message, k), region_dropdown(s)
+
+
+def clear_regions(sess: dict, message: str):
+    s = _copy(sess)
+    for k in range(len(s["regions"]), 0, -1):
+        message = fmt.remove_placeholder(message, k)
+    s["regions"], s["box_start"] = [], None
+    return s, regions_view(s), (message or "").strip(), region_dropdown(s)
+
+
+# --- chat ---------------------------------------------------------------------------------------
+
+
+def _regions(entries: list) -> list:
+    return [Region(mask=rle_decode(e["region"]["mask"])) if "mask" in e["region"] else Region(box=tuple(e["region"]["box"]))
+            for e in entries]
+
+
+def chat(sess: dict, message: str, show_masks: bool = True, show_boxes: bool = True):
+    """Send the message (with its pending regions) and stream the answer.
+
+    Yields (sess, chat, message box, clickable image, region dropdown, overlay, objects JSON,
+    json file, png file). The pending regions are consumed by the message.
+    """
+    s = _copy(sess)
+    message = (message or "").strip()
+    if s["image"] is None:
+        raise error("No image: upload one or pick an example first.")
+    if not message:
+        raise error("The message is empty: type a question or an instruction such as “Find the red circle.”")
+    try:
+        fmt.check_placeholders(message, len(s["regions"]))
+    except ValueError as e:
+        raise error(str(e)) from None
+    sent, used = fmt.compact_regions(message, s["regions"])
+    if len(used) < len(s["regions"]):
+        n = len(s["regions"]) - len(used)
+        warn(f"{n} region(s) not mentioned in the message were left out; refer to one with <regionN>.")
+    chat_before = s["chat"]
+    shown = chat_before + [{"role": "user", "content": fmt.user_html(message)},
+                           {"role": "assistant", "content": "…"}]
+    skip = gr.skip()
+    yield s, shown, "", skip, skip, skip, skip, skip, skip
+    answer = None
+    try:
+        for out in model.stream_chat(s["image"], sent, s["history"], _regions(used)):
+            if isinstance(out, Answer):
+                answer = out
+            elif out:
+                shown[-1] = {"role": "assistant", "content": fmt.escape(out)}
+                yield s, shown, skip, skip, skip, skip, skip, skip, skip
+    except ValueError as e:  # the pipeline's clear messages (limits, regions)
+        yield s, chat_before, message, skip, skip, skip, skip, skip, skip
+        raise error(str(e)) from None
+    except Exception as e:
+        yield s, chat_before, message, skip, skip, skip, skip, skip, skip
+        raise model_error("answering", e) from None
+    if answer is None:
+        yield s, chat_before, message, skip, skip, skip, skip, skip, skip
+        raise error("The model returned no answer.")
+    phrases = [o.phrase for o in answer.objects]
+    body = fmt.answer_html(answer.text, phrases) or "<em>(empty answer)</em>"
+    shown[-1] = {"role": "assistant", "content": body}
+    s.update(history=answer.history, chat=shown, answer=answer, regions=[], box_start=None)
+    overlay = answer_overlay(s, show_masks, show_boxes)
+    jfile, pfile = export_files(answer, overlay)
+    yield s, shown, "", regions_view(s), region_dropdown(s), overlay, answer_json(answer), jfile, pfile
+
+
+def redraw(sess: dict, show_masks: bool, show_boxes: bool):
+    """Mask/box toggles -> (overlay, png file)."""
+    overlay = answer_overlay(sess, show_masks, show_boxes)
+    if overlay is None:
+        return None, None
+    _, pfile = export_files(sess["answer"], overlay)
+    return overlay, pfile
+
+
+def clear_chat(sess: dict):
+    """Forget the conversation (the image and pending regions stay).
+
+    Returns (sess, chat, overlay, objects JSON, json file, png file).
+    """
+    s = _copy(sess)
+    s.update(history=[], chat=[], answer=None)
+    return s, [], None, None, None, None
+
+
+# --- API ----------------------------------------------------------------------------------------
+
+
+def api_chat(image, message: str, regions, history):
+    """The ``/chat`` endpoint: one turn, stateless (the client keeps the history).
+
+    image: file path (or PIL/array). regions: JSON list in pixels of {"point": [x, y]} |
+    {"box": [x1, y1, x2, y2]} | {"mask": COCO RLE}, "[]" for none. history: messages-format list
+    (or its JSON), "[]" to start. Returns (answer text, history + 2 messages, objects, overlay),
+    objects = [{"box": [x1, y1, x2, y2], "mask": RLE, "phrase": str | None}] in answer order.
+    """
+    img = _image(image)
+    if not isinstance(message, str) or not message.strip():
+        raise error("The message is empty: give a question or an instruction.")
+    try:
+        regs = fmt.parse_regions(regions, img.size)
+        hist = fmt.parse_history(history)
+        fmt.check_placeholders(message, len(regs))
+    except ValueError as e:
+        raise error(str(e)) from None
+    answer = None
+    try:
+        for out in model.stream_chat(img, message, hist, regs):
+            if isinstance(out, Answer):
+                answer = out
+    except ValueError as e:
+        raise error(str(e)) from None
+    except Exception as e:
+        raise model_error("answering", e) from None
+    if answer is None:
+        raise error("The model returned no answer.")
+    return answer.text, answer.history, answer_json(answer), draw_overlay(img, answer.objects)
