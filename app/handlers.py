@@ -16,6 +16,7 @@ Session dict:
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import logging
@@ -40,8 +41,8 @@ from app import model
 log = logging.getLogger(__name__)
 
 EXAMPLES = sorted((Path(__file__).resolve().parent / "examples").glob("*.png"))
-MODE_OBJECT = "Object (1 click)"
-MODE_BOX = "Box (2 clicks)"
+MODE_OBJECT = "object"
+MODE_BOX = "box (2 corners)"
 MODES = [MODE_OBJECT, MODE_BOX]
 EXPORT_DIR = Path(tempfile.gettempdir()) / "perception-app-exports"
 EXPORT_MAX_AGE_S = 3600
@@ -326,14 +327,22 @@ def chat(sess: dict, message: str, show_masks: bool = True, show_boxes: bool = T
     """
     s = _copy(sess)
     message = (message or "").strip()
+    skip = gr.skip()
+    nothing = (s, skip, skip, skip, skip, skip, skip, skip, skip)
+    problem = None
     if s["image"] is None:
-        raise error("No image: upload one or pick an example first.")
-    if not message:
-        raise error("The message is empty: type a question or an instruction such as “Find the red circle.”")
-    try:
-        fmt.check_placeholders(message, len(s["regions"]))
-    except ValueError as e:
-        raise error(str(e)) from None
+        problem = "No image: upload one or pick an example first."
+    elif not message:
+        problem = "The message is empty: type a question or an instruction such as “Find the red circle.”"
+    else:
+        try:
+            fmt.check_placeholders(message, len(s["regions"]))
+        except ValueError as e:
+            problem = str(e)
+    if problem:  # the user can fix it: a warning, and nothing changes
+        warn(problem)
+        yield nothing
+        return
     sent, used = fmt.compact_regions(message, s["regions"])
     if len(used) < len(s["regions"]):
         n = len(s["regions"]) - len(used)
@@ -341,7 +350,6 @@ def chat(sess: dict, message: str, show_masks: bool = True, show_boxes: bool = T
     chat_before = s["chat"]
     shown = chat_before + [{"role": "user", "content": fmt.user_html(message)},
                            {"role": "assistant", "content": "…"}]
-    skip = gr.skip()
     yield s, shown, "", skip, skip, skip, skip, skip, skip
     answer = None
     try:
@@ -351,9 +359,10 @@ def chat(sess: dict, message: str, show_masks: bool = True, show_boxes: bool = T
             elif out:
                 shown[-1] = {"role": "assistant", "content": fmt.escape(out)}
                 yield s, shown, skip, skip, skip, skip, skip, skip, skip
-    except ValueError as e:  # the pipeline's clear messages (limits, regions)
+    except ValueError as e:  # the pipeline's clear messages (limits, regions): put the message back
+        warn(str(e))
         yield s, chat_before, message, skip, skip, skip, skip, skip, skip
-        raise error(str(e)) from None
+        return
     except Exception as e:
         yield s, chat_before, message, skip, skip, skip, skip, skip, skip
         raise model_error("answering", e) from None
@@ -366,7 +375,7 @@ def chat(sess: dict, message: str, show_masks: bool = True, show_boxes: bool = T
     s.update(history=answer.history, chat=shown, answer=answer, regions=[], box_start=None)
     overlay = answer_overlay(s, show_masks, show_boxes)
     jfile, pfile = export_files(answer, overlay)
-    yield s, shown, "", regions_view(s), region_dropdown(s), overlay, answer_json(answer), jfile, pfile
+    yield s, shown, skip, regions_view(s), region_dropdown(s), overlay, answer_json(answer), jfile, pfile
 
 
 def redraw(sess: dict, show_masks: bool, show_boxes: bool):
@@ -391,6 +400,19 @@ def clear_chat(sess: dict):
 # --- API ----------------------------------------------------------------------------------------
 
 
+def _plain_errors(fn):
+    """For API endpoints: error messages as plain text (clients do not render HTML)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error as e:
+            raise gr.Error(html.unescape(e.message), title=e.title, print_exception=False) from None
+
+    return wrapper
+
+
+@_plain_errors
 def api_chat(image, message: str, regions, history):
     """The ``/chat`` endpoint: one turn, stateless (the client keeps the history).
 
@@ -420,3 +442,6 @@ def api_chat(image, message: str, regions, history):
     if answer is None:
         raise error("The model returned no answer.")
     return answer.text, answer.history, answer_json(answer), draw_overlay(img, answer.objects)
+
+
+api_segment_point = _plain_errors(segment)

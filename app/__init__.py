@@ -1,0 +1,36 @@
+"""The Gradio demo of PerceptionGPT: ``build_app()`` -> gr.Blocks, ``launch(demo)``, ``main()`` (app.py).
+
+Only the public ``perception`` API is used (plus its render, image loading and RLE helpers).
+The model is loaded lazily by app.model.get_pipeline() on the first request, never at import.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+
+from app.ui import build_app, launch  # noqa: E402
+
+__all__ = ["build_app", "launch", "main"]
+
+
+def main(argv=None) -> None:
+    """``python app.py [--model tiny|PATH|hub-id] [--device auto|cpu|cuda]``.
+
+    Serves on http://127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise.
+    """
+    from app import model
+
+    p = argparse.ArgumentParser(description="PerceptionGPT chat demo (Gradio)")
+    p.add_argument("--model", default=model.settings()["model"],
+                   help="preset name (tiny), checkpoint folder or Hugging Face hub id (default: %(default)s)")
+    p.add_argument("--device", default=model.settings()["device"], choices=["auto", "cpu", "cuda"],
+                   help="where the model runs (default: %(default)s)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model.configure(args.model, args.device)
+    launch(build_app())

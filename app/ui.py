@@ -1,0 +1,141 @@
+"""The gr.Blocks layout and its event wiring; all logic is in app/handlers.py.
+
+Named API endpoints (gradio_client): ``/chat(image, message, regions, history)`` and
+``/segment_point(image, x, y)``; the UI's own events are private.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app import handlers as h
+from app import model
+
+TITLE = "PerceptionGPT: a chat that points at things"
+INTRO = """
+# PerceptionGPT: a chat that points at things
+Ask about an image. Every object the answer grounds gets a **mask and box in its own colour**,
+and the phrase naming it in the chat has **the same colour**.
+
+1. **Image**: upload one, or pick an example below it.
+2. **Ask**: e.g. *Find all the triangles.* or *Where is the red circle?*
+3. **Refer** to something by clicking it: a click segments the object and adds `<region1>`
+   (then `<region2>`, ...) to your message, e.g. *What is &lt;region1&gt;?* In **Box** mode, click two
+   opposite corners instead. Remove regions one by one, or clear them.
+"""
+
+CSS = """
+#intro { max-width: 980px; }
+#intro p, #intro li { font-size: 0.95rem; }
+#send { min-width: 90px; }
+.region-row { align-items: end; }
+"""
+
+
+def build_app() -> gr.Blocks:
+    """The demo, not launched. Launch it with ``launch(demo)`` (theme, CSS, upload limit)."""
+    lim = model.limits()
+    private = {"api_visibility": "private"}
+    light = {"api_visibility": "private", "concurrency_limit": None}  # no model call: never queued behind one
+    heavy = {"concurrency_id": "model", "concurrency_limit": 1}  # one model call at a time
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        sess = gr.State(h.new_session())
+        gr.Markdown(INTRO, elem_id="intro")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=6, min_width=420):
+                with gr.Row():
+                    image = gr.Image(
+                        type="pil", label="Your image: click to refer", sources=["upload", "clipboard"],
+                        format="png", height=380, elem_id="image", buttons=["fullscreen"], min_width=200,
+                    )
+                    overlay = gr.Image(label="Answer", type="pil", format="png", height=380, interactive=False,
+                                       elem_id="overlay", buttons=["download", "fullscreen"], min_width=200)
+                with gr.Row(elem_classes="region-row"):
+                    mode = gr.Radio(h.MODES, value=h.MODE_OBJECT, label="A click adds", scale=3, min_width=150,
+                                    elem_id="mode")
+                    regions = gr.Dropdown([], label="Regions of the next message", scale=3, min_width=150,
+                                          elem_id="regions")
+                    with gr.Column(scale=1, min_width=90):
+                        remove = gr.Button("Remove", size="sm", elem_id="remove")
+                        clear_regions = gr.Button("Clear all", size="sm", elem_id="clear-regions")
+                with gr.Accordion("Add a box region by coordinates (pixels, x2/y2 exclusive)", open=False):
+                    with gr.Row():
+                        bx = [gr.Number(label=n, precision=0, minimum=0, min_width=60) for n in ("x1", "y1", "x2", "y2")]
+                        add_box = gr.Button("Add box region", size="md", elem_id="add-box", min_width=100)
+                gallery = gr.Gallery(
+                    [str(p) for p in h.EXAMPLES], label="Examples (ShapesRef scenes): click one", columns=6,
+                    rows=1, height=130, allow_preview=False, object_fit="contain", elem_id="examples", buttons=[],
+                )
+            with gr.Column(scale=5, min_width=380):
+                chatbot = gr.Chatbot(
+                    label="Chat", height=520, elem_id="chat", sanitize_html=False, feedback_options=None,
+                    placeholder="Pick an image, then ask about it. Grounded phrases appear in the colour of their mask.",
+                )
+                with gr.Row():
+                    msg = gr.Textbox(
+                        placeholder="Find all the triangles.   ·   What is <region1>?", show_label=False,
+                        max_length=lim.max_prompt_chars, scale=5, elem_id="message", submit_btn=False,
+                    )
+                    send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
+                with gr.Row():
+                    show_masks = gr.Checkbox(True, label="Masks", elem_id="show-masks", min_width=80)
+                    show_boxes = gr.Checkbox(True, label="Boxes", elem_id="show-boxes", min_width=80)
+                    clear_chat = gr.Button("New conversation", size="sm", elem_id="clear-chat", min_width=120)
+                with gr.Row():
+                    dl_json = gr.DownloadButton("Download answer JSON", size="sm", elem_id="download-json")
+                    dl_png = gr.DownloadButton("Download overlay PNG", size="sm", elem_id="download-png")
+                with gr.Accordion("Answer as JSON (boxes, COCO RLE masks, phrases)", open=False):
+                    objects = gr.JSON(label="objects", elem_id="objects")
+
+        # API-only components (named endpoints for gradio_client); never shown
+        with gr.Column(visible=False):
+            a_image = gr.File(label="image")
+            a_message = gr.Textbox(label="message")
+            a_regions = gr.Textbox(label="regions", value="[]")
+            a_history = gr.JSON(label="history")
+            a_text = gr.Textbox(label="answer")
+            a_history_out = gr.JSON(label="history")
+            a_objects = gr.JSON(label="objects")
+            a_overlay = gr.Image(label="overlay", type="pil", format="png")
+            a_x = gr.Number(label="x", precision=0)
+            a_y = gr.Number(label="y", precision=0)
+            a_mask = gr.JSON(label="mask")
+            a_chat = gr.Button()
+            a_segment = gr.Button()
+
+        new_image_out = [sess, image, chatbot, overlay, regions, objects, dl_json, dl_png]
+        image.upload(h.set_image, [sess, image], new_image_out, **light)
+        image.clear(h.clear_image, [sess], new_image_out, **light)
+        gallery.select(h.pick_example, [sess], new_image_out, **light)
+
+        region_out = [sess, image, msg, regions]
+        image.select(h.click, [sess, msg, mode], region_out, **private, **heavy)
+        add_box.click(h.add_box, [sess, msg, *bx], region_out, **light)
+        remove.click(h.remove_region, [sess, msg, regions], region_out, **light)
+        clear_regions.click(h.clear_regions, [sess, msg], region_out, **light)
+
+        gr.on([msg.submit, send.click], h.chat, [sess, msg, show_masks, show_boxes],
+              [sess, chatbot, msg, image, regions, overlay, objects, dl_json, dl_png], api_name="ui_chat",
+              **private, **heavy)
+        gr.on([show_masks.change, show_boxes.change], h.redraw, [sess, show_masks, show_boxes],
+              [overlay, dl_png], **light)
+        clear_chat.click(h.clear_chat, [sess], [sess, chatbot, overlay, objects, dl_json, dl_png], **light)
+
+        a_chat.click(h.api_chat, [a_image, a_message, a_regions, a_history],
+                     [a_text, a_history_out, a_objects, a_overlay], api_name="chat", **heavy)
+        a_segment.click(h.api_segment_point, [a_image, a_x, a_y], [a_mask, a_overlay], api_name="segment_point", **heavy)
+    return demo
+
+
+def launch(demo: gr.Blocks, **kwargs):
+    """demo.launch with the app's theme, CSS, queue and upload limit; kwargs override (server_port, ...)."""
+    demo.queue(default_concurrency_limit=1)
+    opts = dict(
+        max_file_size=model.limits().max_upload_bytes,
+        theme=gr.themes.Soft(primary_hue="indigo"),
+        css=CSS,
+        footer_links=["api"],
+    )
+    opts.update(kwargs)
+    return demo.launch(**opts)
