@@ -231,12 +231,16 @@ def segment(image, x, y):
     return rle_encode(mask), draw_overlay(img, shapes)
 
 
-def click(sess: dict, message: str, mode: str, evt: gr.SelectData):
+def click(sess: dict, message: str, mode: str, shown, evt: gr.SelectData):
     """A click on the image adds a region (object mask, or a box corner in box mode).
 
-    Returns (sess, clickable image, message, region dropdown). The message gains ``<regionN>``.
+    shown: the image component's value; used only when the session has no image yet (a click that
+    overtook its upload event). Returns (sess, clickable image, message, region dropdown); the
+    message gains ``<regionN>``.
     """
     s = _copy(sess)
+    if s["image"] is None and shown is not None:
+        s = set_image(s, shown)[0]
     if s["image"] is None:
         warn("Load an image first (upload one or pick an example), then click an object in it.")
         return s, gr.skip(), message, gr.skip()

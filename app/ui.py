@@ -110,7 +110,7 @@ def build_app() -> gr.Blocks:
         gallery.select(h.pick_example, [sess], new_image_out, **light)
 
         region_out = [sess, image, msg, regions]
-        image.select(h.click, [sess, msg, mode], region_out, **private, **heavy)
+        image.select(h.click, [sess, msg, mode, image], region_out, **private, **heavy)
         add_box.click(h.add_box, [sess, msg, *bx], region_out, **light)
         remove.click(h.remove_region, [sess, msg, regions], region_out, **light)
         clear_regions.click(h.clear_regions, [sess, msg], region_out, **light)

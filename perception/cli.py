@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     e.add_argument("--count", type=int, default=1000, help="ShapesRef scenes per task group")
     e.add_argument("--out", default=None, help="JSON report path")
     e.add_argument("--device", default="auto")
+    e.add_argument("--box-source", default=None, choices=["head", "mask", "mask-full"],
+                   help="override the model's box source (ablation: MLP head, mask blob, whole mask)")
 
     pr = sub.add_parser("predict", help="answer one prompt about one image")
     pr.add_argument("image")

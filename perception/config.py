@@ -72,7 +72,7 @@ class BoxHeadConfig:
 
     hidden: int = 256  # MLP width
     layers: int = 3  # MLP depth
-    source: str = "head"  # the box reported to users: "head" (the MLP) | "mask" (box of the blob around the mask's peak)
+    source: str = "head"  # the box reported: "head" (the MLP) | "mask" (box of the mask blob around its peak) | "mask-full" (box of the whole mask)
 
 
 @dataclass

@@ -159,12 +159,15 @@ def run_cli(args) -> int:
     import perception
 
     pipe = perception.load_pipeline(args.model, device=args.device)
+    if getattr(args, "box_source", None):
+        pipe.model.config.box_head.source = args.box_source
     if args.data == "shapesref":
         items, total = shapesref_items(args.seed, args.count), None
     else:
         items, total = jsonl_items(args.data), None
     rep = evaluate(pipe, items, total=total)
     rep["model"] = args.model
+    rep["box_source"] = pipe.model.config.box_head.source
     rep["data"] = args.data if args.data != "shapesref" else {"shapesref_seed": args.seed, "scenes": args.count}
     print(format_table(rep))
     if args.out:

@@ -223,11 +223,15 @@ class Pipeline:
         out = []
         for k in range(states.shape[0]):
             prob = probs[k]
-            mask = blob_around_peak(prob, thr) if source == "mask" else prob >= thr
-            if source == "mask":
+            if source == "mask":  # the blob around the most confident pixel: stray pixels elsewhere do not count
+                mask = blob_around_peak(prob, thr)
                 box = box_from_mask(mask)
             else:
-                box = tuple(frame.boxes_to_pixels(boxes[k].cpu().numpy()).tolist())
+                mask = prob >= thr
+                if source == "mask-full":
+                    box = box_from_mask(mask) or (0.0, 0.0, 1.0, 1.0)
+                else:
+                    box = tuple(frame.boxes_to_pixels(boxes[k].cpu().numpy()).tolist())
             score = float(prob[mask].mean()) if mask.any() else 0.0
             phrase = phrases[k] if k < len(phrases) else None
             out.append(Grounding(box=tuple(float(v) for v in box), mask=mask, phrase=phrase, score=score))
