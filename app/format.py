@@ -47,27 +47,24 @@ def user_html(message: str) -> str:
 
 
 def answer_html(text: str, phrases: list) -> str:
-    """The answer text with the phrase of object i in ``color_hex(i)``, followed by its number.
+    """The answer text with the phrase of object i in ``color_hex(i)``, followed by its number [i+1].
 
     phrases: one entry per grounded object, in answer order (``Grounding.phrase``: str or None).
-    Consecutive objects with the same phrase share one occurrence (``the squares [1][2]``); an
-    object whose phrase is None or not found in the text gets its marker at the end.
+    Each phrase is looked up after the previous one. An object whose phrase is the previous
+    object's and does not occur again shares that occurrence (``the squares [1][2]``); an object
+    with no phrase, or one not in the text, gets its number at the end.
     """
     out, cursor, trailing = [], 0, []
-    i = 0
-    while i < len(phrases):
-        phrase = phrases[i]
-        j = i + 1
-        while phrase and j < len(phrases) and phrases[j] == phrase:
-            j += 1
+    for i, phrase in enumerate(phrases):
         pos = text.find(phrase, cursor) if phrase else -1
-        if pos < 0:
-            trailing.extend(range(i + 1, j + 1))
-        else:
+        if pos >= 0:
             out.append(escape(text[cursor:pos]))
-            out.append(_span(phrase, color_hex(i)) + "".join(_tag(k) for k in range(i + 1, j + 1)))
+            out.append(_span(phrase, color_hex(i)) + _tag(i + 1))
             cursor = pos + len(phrase)
-        i = j
+        elif phrase and i > 0 and phrases[i - 1] == phrase and out:
+            out.append(_tag(i + 1))  # right after the shared phrase (nothing was appended since)
+        else:
+            trailing.append(i + 1)
     out.append(escape(text[cursor:]))
     if trailing:
         out.append(" " + "".join(_tag(k) for k in trailing))

@@ -12,55 +12,51 @@ Session dict:
     history:   the pipeline's messages-format history (user turns carry "regions")
     chat:      what the Chatbot shows (messages format, HTML contents)
     answer:    the last perception.Answer, or None
+    asked:     the regions sent with the last message (shown when its answer grounds nothing)
 """
 
 from __future__ import annotations
 
-import functools
 import html
-import json
 import logging
-import tempfile
-import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
-import numpy as np
-from PIL import Image, ImageDraw
 
 from perception import Answer, Region
 from perception.data.jsonl import rle_decode, rle_encode
 from perception.images import load_image
-from perception.render import answer_json, color_hex, draw_overlay
+from perception.render import answer_json, draw_overlay
 
 from app import format as fmt
 from app import model
+from app.views import (answer_overlay, answer_status, box_of, export_files, image_info, region_choices,
+                       region_dropdown, regions_view)
 
 log = logging.getLogger(__name__)
 
-EXAMPLES = sorted((Path(__file__).resolve().parent / "examples").glob("*.png"))
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.png"))
 MODE_OBJECT = "object"
 MODE_BOX = "box (2 corners)"
 MODES = [MODE_OBJECT, MODE_BOX]
-EXPORT_DIR = Path(tempfile.gettempdir()) / "perception-app-exports"
-EXPORT_MAX_AGE_S = 3600
 
 
 def new_session() -> dict:
-    return {"image": None, "regions": [], "box_start": None, "history": [], "chat": [], "answer": None}
+    return {"image": None, "regions": [], "box_start": None, "history": [], "chat": [], "answer": None, "asked": []}
 
 
 def _copy(sess: dict | None) -> dict:
     s = dict(new_session(), **(sess or {}))
     s["regions"] = list(s["regions"])
+    s["asked"] = list(s["asked"])
     s["history"] = list(s["history"])
     s["chat"] = [dict(m) for m in s["chat"]]
     return s
 
 
-# --- errors -------------------------------------------------------------------------------------
+# --- errors --------------------------------------------------------------------------------------
 
 
 def _shown(msg: str) -> str:
@@ -83,7 +79,7 @@ def model_error(what: str, e: Exception) -> gr.Error:
                  f"details are in the server log.")
 
 
-def _image(src):
+def load(src):
     """Any accepted input -> RGB PIL image within the pixel limit, or gr.Error."""
     if src is None:
         raise error("No image: upload one or pick an example first.")
@@ -93,96 +89,15 @@ def _image(src):
         raise error(str(e)) from None
 
 
-# --- drawing ------------------------------------------------------------------------------------
-
-
-def _box_of(mask: np.ndarray) -> tuple:
-    ys, xs = np.nonzero(mask)
-    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-
-
-def _region_shapes(regions: list) -> list:
-    """Pending regions as objects draw_overlay understands (.mask, .box)."""
-    out = []
-    for r in regions:
-        d = r["region"]
-        if "mask" in d:
-            m = rle_decode(d["mask"])
-            out.append(SimpleNamespace(mask=m, box=_box_of(m)))
-        else:
-            out.append(SimpleNamespace(mask=None, box=tuple(d["box"])))
-    return out
-
-
-def regions_view(sess: dict):
-    """The clickable image: the session image with each pending region (mask/box, number) on it."""
-    image = sess["image"]
-    if image is None:
-        return None
-    view = draw_overlay(image, _region_shapes(sess["regions"])) if sess["regions"] else image.copy()
-    if sess.get("box_start"):
-        x, y = sess["box_start"]
-        d = ImageDraw.Draw(view)
-        c = color_hex(len(sess["regions"]))
-        r = max(4, round(min(view.size) / 60))
-        d.line([x - r, y, x + r, y], fill=c, width=2)
-        d.line([x, y - r, x, y + r], fill=c, width=2)
-    return view
-
-
-def answer_overlay(sess: dict, show_masks: bool = True, show_boxes: bool = True):
-    ans = sess.get("answer")
-    if sess["image"] is None or ans is None:
-        return None
-    return draw_overlay(sess["image"], ans.objects, show_masks=show_masks, show_boxes=show_boxes)
-
-
-def region_choices(sess: dict) -> list[str]:
-    return [f"region{i} · {r['label']}" for i, r in enumerate(sess["regions"], 1)]
-
-
-def region_dropdown(sess: dict):
-    choices = region_choices(sess)
-    return gr.update(choices=choices, value=choices[-1] if choices else None)
-
-
-# --- exports ------------------------------------------------------------------------------------
-
-
-def _prune_exports() -> None:
-    cutoff = time.time() - EXPORT_MAX_AGE_S
-    for p in EXPORT_DIR.glob("*"):
-        try:
-            if p.stat().st_mtime < cutoff:
-                p.unlink()
-        except OSError:
-            pass
-
-
-def export_files(answer: Answer, overlay: Image.Image | None) -> tuple[str | None, str | None]:
-    """Write the answer as JSON (boxes, COCO RLE masks, phrases) and the overlay as PNG -> their paths."""
-    if answer is None:
-        return None, None
-    EXPORT_DIR.mkdir(exist_ok=True)
-    _prune_exports()
-    stem = uuid.uuid4().hex[:12]
-    jpath = EXPORT_DIR / f"answer-{stem}.json"
-    jpath.write_text(json.dumps({"text": answer.text, "objects": answer_json(answer)}, indent=1))
-    ppath = None
-    if overlay is not None:
-        ppath = EXPORT_DIR / f"overlay-{stem}.png"
-        overlay.save(ppath)
-    return str(jpath), str(ppath) if ppath else None
-
-
-# --- image --------------------------------------------------------------------------------------
+# --- image ---------------------------------------------------------------------------------------
 
 
 def set_image(sess: dict, image):
     """A new image starts a new conversation.
 
-    Returns (sess, clickable image, chat, overlay, region dropdown, objects JSON, json file, png file).
-    A rejected image leaves the session without one and shows a warning.
+    Returns (sess, clickable image, chat, overlay, region dropdown, objects JSON, json file,
+    png file, image info, answer status). A rejected image leaves the session without one and
+    shows a warning.
     """
     s = new_session()
     if image is not None:
@@ -190,7 +105,12 @@ def set_image(sess: dict, image):
             s["image"] = load_image(image, model.limits().max_image_pixels)
         except ValueError as e:
             warn(str(e))
-    return s, s["image"], [], None, region_dropdown(s), None, None, None
+    return s, s["image"], [], None, region_dropdown(s), None, None, None, image_info(s), ""
+
+
+def clear_image(sess: dict):
+    """The user removed the image: a fresh session (same outputs as set_image)."""
+    return set_image(sess, None)
 
 
 def pick_example(sess: dict, evt: gr.SelectData):
@@ -201,11 +121,7 @@ def pick_example(sess: dict, evt: gr.SelectData):
     return set_image(sess, str(EXAMPLES[i]))
 
 
-def clear_image(sess: dict):
-    return set_image(sess, None)
-
-
-# --- regions ------------------------------------------------------------------------------------
+# --- regions -------------------------------------------------------------------------------------
 
 
 def segment(image, x, y):
@@ -213,7 +129,7 @@ def segment(image, x, y):
 
     image: file path, PIL image or array. The overlay shows the mask and its box as region 1.
     """
-    img = _image(image)
+    img = load(image)
     try:
         xy = (int(x), int(y))
     except (TypeError, ValueError):
@@ -227,7 +143,7 @@ def segment(image, x, y):
         raise error(str(e)) from None
     except Exception as e:
         raise model_error("segmenting the click", e) from None
-    shapes = [SimpleNamespace(mask=mask, box=_box_of(mask))] if mask.any() else []
+    shapes = [SimpleNamespace(mask=mask, box=box_of(mask))] if mask.any() else []
     return rle_encode(mask), draw_overlay(img, shapes)
 
 
@@ -285,10 +201,12 @@ def add_box(sess: dict, message: str, x1, y1, x2, y2):
         box = [int(v) for v in (x1, y1, x2, y2)]
         Region(box=tuple(box))
     except (TypeError, ValueError) as e:
-        raise error(f"box needs four numbers x1 < x2, y1 < y2: {e}") from None
+        warn(f"A box needs four numbers with x1 < x2 and y1 < y2 ({e}).")
+        return s, gr.skip(), message, gr.skip()
     W, H = s["image"].size
     if box[0] >= W or box[1] >= H:
-        raise error(f"box {tuple(box)} is outside the {W}x{H} image")
+        warn(f"The box {tuple(box)} is outside the {W}x{H} image.")
+        return s, gr.skip(), message, gr.skip()
     box = [box[0], box[1], min(box[2], W), min(box[3], H)]
     s["regions"].append({"region": {"box": box}, "label": f"box ({box[0]}, {box[1]})-({box[2]}, {box[3]})"})
     message = fmt.append_placeholder(message, len(s["regions"]))
@@ -315,24 +233,28 @@ def clear_regions(sess: dict, message: str):
     return s, regions_view(s), (message or "").strip(), region_dropdown(s)
 
 
-# --- chat ---------------------------------------------------------------------------------------
+# --- chat ----------------------------------------------------------------------------------------
 
 
 def _regions(entries: list) -> list:
-    return [Region(mask=rle_decode(e["region"]["mask"])) if "mask" in e["region"] else Region(box=tuple(e["region"]["box"]))
-            for e in entries]
+    """Session region entries -> perception.Region (masks decoded from RLE)."""
+    out = []
+    for e in entries:
+        d = e["region"]
+        out.append(Region(mask=rle_decode(d["mask"])) if "mask" in d else Region(box=tuple(d["box"])))
+    return out
 
 
 def chat(sess: dict, message: str, show_masks: bool = True, show_boxes: bool = True):
     """Send the message (with its pending regions) and stream the answer.
 
     Yields (sess, chat, message box, clickable image, region dropdown, overlay, objects JSON,
-    json file, png file). The pending regions are consumed by the message.
+    json file, png file, status line). The pending regions are consumed by the message.
     """
     s = _copy(sess)
     message = (message or "").strip()
     skip = gr.skip()
-    nothing = (s, skip, skip, skip, skip, skip, skip, skip, skip)
+    nothing = (s, skip, skip, skip, skip, skip, skip, skip, skip, skip)
     problem = None
     if s["image"] is None:
         problem = "No image: upload one or pick an example first."
@@ -352,9 +274,9 @@ def chat(sess: dict, message: str, show_masks: bool = True, show_boxes: bool = T
         n = len(s["regions"]) - len(used)
         warn(f"{n} region(s) not mentioned in the message were left out; refer to one with <regionN>.")
     chat_before = s["chat"]
-    shown = chat_before + [{"role": "user", "content": fmt.user_html(message)},
+    shown = chat_before + [{"role": "user", "content": fmt.user_html(sent)},
                            {"role": "assistant", "content": "…"}]
-    yield s, shown, "", skip, skip, skip, skip, skip, skip
+    yield s, shown, "", skip, skip, skip, skip, skip, skip, "Answering…"
     answer = None
     try:
         for out in model.stream_chat(s["image"], sent, s["history"], _regions(used)):
@@ -362,24 +284,25 @@ def chat(sess: dict, message: str, show_masks: bool = True, show_boxes: bool = T
                 answer = out
             elif out:
                 shown[-1] = {"role": "assistant", "content": fmt.escape(out)}
-                yield s, shown, skip, skip, skip, skip, skip, skip, skip
+                yield s, shown, skip, skip, skip, skip, skip, skip, skip, skip
     except ValueError as e:  # the pipeline's clear messages (limits, regions): put the message back
         warn(str(e))
-        yield s, chat_before, message, skip, skip, skip, skip, skip, skip
+        yield s, chat_before, message, skip, skip, skip, skip, skip, skip, ""
         return
     except Exception as e:
-        yield s, chat_before, message, skip, skip, skip, skip, skip, skip
+        yield s, chat_before, message, skip, skip, skip, skip, skip, skip, ""
         raise model_error("answering", e) from None
     if answer is None:
-        yield s, chat_before, message, skip, skip, skip, skip, skip, skip
+        yield s, chat_before, message, skip, skip, skip, skip, skip, skip, ""
         raise error("The model returned no answer.")
     phrases = [o.phrase for o in answer.objects]
     body = fmt.answer_html(answer.text, phrases) or "<em>(empty answer)</em>"
     shown[-1] = {"role": "assistant", "content": body}
-    s.update(history=answer.history, chat=shown, answer=answer, regions=[], box_start=None)
+    s.update(history=answer.history, chat=shown, answer=answer, regions=[], box_start=None, asked=used)
     overlay = answer_overlay(s, show_masks, show_boxes)
     jfile, pfile = export_files(answer, overlay)
-    yield s, shown, skip, regions_view(s), region_dropdown(s), overlay, answer_json(answer), jfile, pfile
+    yield (s, shown, skip, regions_view(s), region_dropdown(s), overlay, answer_json(answer), jfile, pfile,
+           answer_status(s))
 
 
 def redraw(sess: dict, show_masks: bool, show_boxes: bool):
@@ -394,58 +317,10 @@ def redraw(sess: dict, show_masks: bool, show_boxes: bool):
 def clear_chat(sess: dict):
     """Forget the conversation (the image and pending regions stay).
 
-    Returns (sess, chat, overlay, objects JSON, json file, png file).
+    Returns (sess, chat, overlay, objects JSON, json file, png file, status line).
     """
     s = _copy(sess)
-    s.update(history=[], chat=[], answer=None)
-    return s, [], None, None, None, None
+    s.update(history=[], chat=[], answer=None, asked=[])
+    return s, [], None, None, None, None, ""
 
 
-# --- API ----------------------------------------------------------------------------------------
-
-
-def _plain_errors(fn):
-    """For API endpoints: error messages as plain text (clients do not render HTML)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error as e:
-            raise gr.Error(html.unescape(e.message), title=e.title, print_exception=False) from None
-
-    return wrapper
-
-
-@_plain_errors
-def api_chat(image, message: str, regions, history):
-    """The ``/chat`` endpoint: one turn, stateless (the client keeps the history).
-
-    image: file path (or PIL/array). regions: JSON list in pixels of {"point": [x, y]} |
-    {"box": [x1, y1, x2, y2]} | {"mask": COCO RLE}, "[]" for none. history: messages-format list
-    (or its JSON), "[]" to start. Returns (answer text, history + 2 messages, objects, overlay),
-    objects = [{"box": [x1, y1, x2, y2], "mask": RLE, "phrase": str | None}] in answer order.
-    """
-    img = _image(image)
-    if not isinstance(message, str) or not message.strip():
-        raise error("The message is empty: give a question or an instruction.")
-    try:
-        regs = fmt.parse_regions(regions, img.size)
-        hist = fmt.parse_history(history)
-        fmt.check_placeholders(message, len(regs))
-    except ValueError as e:
-        raise error(str(e)) from None
-    answer = None
-    try:
-        for out in model.stream_chat(img, message, hist, regs):
-            if isinstance(out, Answer):
-                answer = out
-    except ValueError as e:
-        raise error(str(e)) from None
-    except Exception as e:
-        raise model_error("answering", e) from None
-    if answer is None:
-        raise error("The model returned no answer.")
-    return answer.text, answer.history, answer_json(answer), draw_overlay(img, answer.objects)
-
-
-api_segment_point = _plain_errors(segment)

@@ -1,4 +1,5 @@
-"""The gr.Blocks layout and its event wiring; all logic is in app/handlers.py.
+"""The gr.Blocks layout and its event wiring. The logic is elsewhere: UI events in app/handlers.py,
+what they show in app/views.py, the API endpoints in app/api.py.
 
 Named API endpoints (gradio_client): ``/chat(image, message, regions, history)`` and
 ``/segment_point(image, x, y)``; the UI's own events are private.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app import api
 from app import handlers as h
 from app import model
 
@@ -20,8 +22,8 @@ and the phrase naming it in the chat has **the same colour**.
 1. **Image**: upload one, or pick an example below it.
 2. **Ask**: e.g. *Find all the triangles.* or *Where is the red circle?*
 3. **Refer** to something by clicking it: a click segments the object and adds `<region1>`
-   (then `<region2>`, ...) to your message, e.g. *What is &lt;region1&gt;?* In **Box** mode, click two
-   opposite corners instead. Remove regions one by one, or clear them.
+   (then `<region2>`, ...) to your message, e.g. *What is &lt;region1&gt;?* In **box** mode, click two
+   opposite corners instead (or type the corners below). Remove regions one by one, or clear them.
 """
 
 CSS = """
@@ -29,7 +31,32 @@ CSS = """
 #intro p, #intro li { font-size: 0.95rem; }
 #send { min-width: 90px; }
 .region-row { align-items: end; }
+.examples-title p { margin: 6px 0 0 2px !important; font-size: 0.9rem; }
+#image-info p, #answer-status p { margin: 0 2px; font-size: 0.88rem; opacity: 0.85; }
 """
+
+
+def friendly_upload_errors(component: gr.Image) -> gr.Image:
+    """Make an unreadable upload (not an image, a decompression bomb) a clear gr.Error.
+
+    gr.Image opens uploads with PIL before any handler runs, and a failure there would only show
+    "Error". Wrapping the instance's preprocess (not subclassing: gradio writes a .pyi stub next
+    to any module that defines a component class) keeps the stock frontend.
+    """
+    stock = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return stock(payload)
+        except gr.Error:
+            raise
+        except Exception as e:  # PIL could not open it
+            name = getattr(payload, "orig_name", None) or "the file"
+            raise h.error(f"{name} is not a readable image ({type(e).__name__}); "
+                          f"upload a PNG, JPEG or WebP.") from None
+
+    component.preprocess = preprocess
+    return component
 
 
 def build_app() -> gr.Blocks:
@@ -45,12 +72,13 @@ def build_app() -> gr.Blocks:
         with gr.Row(equal_height=False):
             with gr.Column(scale=6, min_width=420):
                 with gr.Row():
-                    image = gr.Image(
+                    image = friendly_upload_errors(gr.Image(
                         type="pil", label="Your image: click to refer", sources=["upload", "clipboard"],
                         format="png", height=380, elem_id="image", buttons=["fullscreen"], min_width=200,
-                    )
+                    ))
                     overlay = gr.Image(label="Answer", type="pil", format="png", height=380, interactive=False,
                                        elem_id="overlay", buttons=["download", "fullscreen"], min_width=200)
+                info = gr.Markdown(h.image_info(h.new_session()), elem_id="image-info")
                 with gr.Row(elem_classes="region-row"):
                     mode = gr.Radio(h.MODES, value=h.MODE_OBJECT, label="A click adds", scale=3, min_width=150,
                                     elem_id="mode")
@@ -61,16 +89,19 @@ def build_app() -> gr.Blocks:
                         clear_regions = gr.Button("Clear all", size="sm", elem_id="clear-regions")
                 with gr.Accordion("Add a box region by coordinates (pixels, x2/y2 exclusive)", open=False):
                     with gr.Row():
-                        bx = [gr.Number(label=n, precision=0, minimum=0, min_width=60) for n in ("x1", "y1", "x2", "y2")]
+                        bx = [gr.Number(label=n, precision=0, minimum=0, min_width=60)
+                              for n in ("x1", "y1", "x2", "y2")]
                         add_box = gr.Button("Add box region", size="md", elem_id="add-box", min_width=100)
+                gr.Markdown("**Examples**: ShapesRef scenes; click one to load it.", elem_classes="examples-title")
                 gallery = gr.Gallery(
-                    [str(p) for p in h.EXAMPLES], label="Examples (ShapesRef scenes): click one", columns=6,
-                    rows=1, height=130, allow_preview=False, object_fit="contain", elem_id="examples", buttons=[],
+                    [str(p) for p in h.EXAMPLES], show_label=False, columns=6, rows=1, height=110,
+                    allow_preview=False, object_fit="contain", elem_id="examples", buttons=[],
                 )
             with gr.Column(scale=5, min_width=380):
                 chatbot = gr.Chatbot(
                     label="Chat", height=520, elem_id="chat", sanitize_html=False, feedback_options=None,
-                    placeholder="Pick an image, then ask about it. Grounded phrases appear in the colour of their mask.",
+                    placeholder="Pick an image, then ask about it. "
+                                "Grounded phrases appear in the colour of their mask.",
                 )
                 with gr.Row():
                     msg = gr.Textbox(
@@ -82,6 +113,7 @@ def build_app() -> gr.Blocks:
                     show_masks = gr.Checkbox(True, label="Masks", elem_id="show-masks", min_width=80)
                     show_boxes = gr.Checkbox(True, label="Boxes", elem_id="show-boxes", min_width=80)
                     clear_chat = gr.Button("New conversation", size="sm", elem_id="clear-chat", min_width=120)
+                status = gr.Markdown("", elem_id="answer-status")
                 with gr.Row():
                     dl_json = gr.DownloadButton("Download answer JSON", size="sm", elem_id="download-json")
                     dl_png = gr.DownloadButton("Download overlay PNG", size="sm", elem_id="download-png")
@@ -93,7 +125,7 @@ def build_app() -> gr.Blocks:
             a_image = gr.File(label="image")
             a_message = gr.Textbox(label="message")
             a_regions = gr.Textbox(label="regions", value="[]")
-            a_history = gr.JSON(label="history")
+            a_history = gr.JSON(label="history", value=[])
             a_text = gr.Textbox(label="answer")
             a_history_out = gr.JSON(label="history")
             a_objects = gr.JSON(label="objects")
@@ -104,8 +136,8 @@ def build_app() -> gr.Blocks:
             a_chat = gr.Button()
             a_segment = gr.Button()
 
-        new_image_out = [sess, image, chatbot, overlay, regions, objects, dl_json, dl_png]
-        image.upload(h.set_image, [sess, image], new_image_out, **light)
+        new_image_out = [sess, image, chatbot, overlay, regions, objects, dl_json, dl_png, info, status]
+        image.upload(h.set_image, [sess, image], new_image_out, **light)  # a file or a paste (not our own updates)
         image.clear(h.clear_image, [sess], new_image_out, **light)
         gallery.select(h.pick_example, [sess], new_image_out, **light)
 
@@ -116,23 +148,28 @@ def build_app() -> gr.Blocks:
         clear_regions.click(h.clear_regions, [sess, msg], region_out, **light)
 
         gr.on([msg.submit, send.click], h.chat, [sess, msg, show_masks, show_boxes],
-              [sess, chatbot, msg, image, regions, overlay, objects, dl_json, dl_png], api_name="ui_chat",
+              [sess, chatbot, msg, image, regions, overlay, objects, dl_json, dl_png, status], api_name="ui_chat",
               **private, **heavy)
         gr.on([show_masks.change, show_boxes.change], h.redraw, [sess, show_masks, show_boxes],
               [overlay, dl_png], **light)
-        clear_chat.click(h.clear_chat, [sess], [sess, chatbot, overlay, objects, dl_json, dl_png], **light)
+        clear_chat.click(h.clear_chat, [sess], [sess, chatbot, overlay, objects, dl_json, dl_png, status], **light)
 
-        a_chat.click(h.api_chat, [a_image, a_message, a_regions, a_history],
+        a_chat.click(api.api_chat, [a_image, a_message, a_regions, a_history],
                      [a_text, a_history_out, a_objects, a_overlay], api_name="chat", **heavy)
-        a_segment.click(h.api_segment_point, [a_image, a_x, a_y], [a_mask, a_overlay], api_name="segment_point", **heavy)
+        demo.queue(default_concurrency_limit=1)  # the CPU model is never oversubscribed
+        a_segment.click(api.api_segment_point, [a_image, a_x, a_y], [a_mask, a_overlay],
+                        api_name="segment_point", **heavy)
     return demo
 
 
 def launch(demo: gr.Blocks, **kwargs):
-    """demo.launch with the app's theme, CSS, queue and upload limit; kwargs override (server_port, ...)."""
-    demo.queue(default_concurrency_limit=1)
+    """demo.launch with the app's theme, CSS and upload limit; kwargs override (server_port, ...).
+
+    Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860).
+    """
     opts = dict(
         max_file_size=model.limits().max_upload_bytes,
+        allowed_paths=[str(h.EXAMPLES_DIR)],  # the example gallery, wherever the app is started from
         theme=gr.themes.Soft(primary_hue="indigo"),
         css=CSS,
         footer_links=["api"],

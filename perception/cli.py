@@ -17,9 +17,10 @@ def main(argv=None) -> int:
     t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config (GPU; optional dependency)")
     t.add_argument("--no-progress", action="store_true", help="hide the tqdm bar")
 
-    e = sub.add_parser("evaluate", help="evaluate a model on ShapesRef scenes or a JSONL dataset")
+    e = sub.add_parser("evaluate", help="evaluate a model on ShapesRef scenes, a JSONL dataset or RefCOCO/+/g")
     e.add_argument("--model", default="tiny", help="preset name, checkpoint folder or hub id")
-    e.add_argument("--data", default="shapesref", help="'shapesref' or a JSONL file")
+    e.add_argument("--data", default="shapesref",
+                   help="'shapesref', a JSONL file, or refcoco:ROOT[:DATASET[:SPLIT]] (e.g. refcoco:data/refcoco:refcoco+:testA)")
     e.add_argument("--seed", type=int, default=10_000_000, help="first ShapesRef seed (held out: training uses 0..)")
     e.add_argument("--count", type=int, default=1000, help="ShapesRef scenes per task group")
     e.add_argument("--out", default=None, help="JSON report path")

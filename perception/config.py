@@ -36,9 +36,10 @@ class TextConfig:
 class BackboneConfig:
     """Which vision LLM carries the perception token, behind ``perception.backbone`` adapters."""
 
-    kind: str = "stem-llama"  # "stem-llama" (tiny: conv stem + Llama) | "llava" (LlavaForConditionalGeneration)
-    name_or_path: Optional[str] = None  # llava: hub id or local folder of a pretrained checkpoint
+    kind: str = "stem-llama"  # "stem-llama" (tiny: conv stem + Llama) | "llava" (LlavaForConditionalGeneration) | "qwen2vl" (Qwen2VLForConditionalGeneration)
+    name_or_path: Optional[str] = None  # llava / qwen2vl: hub id or local folder of a pretrained checkpoint
     llava_config: Optional[dict] = None  # llava: build from this config dict instead (tests, tiny llava)
+    qwen_config: Optional[dict] = None  # qwen2vl: build a Qwen2VLConfig from this dict instead (tests, tiny-qwen2vl)
     image_size: int = 160  # model input side S (square model frame)
     resize_mode: str = "stretch"  # "stretch" (W x H -> S x S) | "pad" (longest side -> S, pad bottom/right)
     pixel_mean: list = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel, on [0, 1] pixels
@@ -114,6 +115,7 @@ class PerceptionConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     loss: LossWeights = field(default_factory=LossWeights)
     max_new_tokens: int = 96  # generation cap per answer
+    output_mode: str = "perception"  # "perception" (<loc> states -> heads) | "text_box" (baseline: boxes written as text, no masks; perception/baseline.py)
     version: int = 1
 
     def to_dict(self) -> dict:

@@ -2,7 +2,8 @@
 
 Each ShapesRef scene (seed, seed+1, ...) is asked one grounding question (types A, S, R in turn),
 "all the ...", a counting question, a region question and a click; answers are generated freely
-(greedy), exactly as the app would. A JSONL dataset is evaluated turn by turn by each turn's task.
+(greedy), exactly as the app would. A JSONL dataset is evaluated turn by turn by each turn's task;
+RefCOCO/+/g (``--data refcoco:ROOT:DATASET:SPLIT``) per expression, reported under the dataset's name.
 Writes a JSON report and prints a table.
 """
 
@@ -57,6 +58,45 @@ def jsonl_items(path: str):
             yield i, gt, t
 
 
+REFCOCO_TASKS = ("refcoco", "refcoco+", "refcocog")  # RefCocoDataset turns carry the dataset name as their task
+
+
+def parse_refcoco_spec(spec: str):
+    """``refcoco:ROOT[:DATASET[:SPLIT]]`` -> (root, dataset, split); defaults refcoco, val."""
+    rest = spec.split(":", 1)[1] if spec.startswith("refcoco:") else ""
+    parts = rest.split(":")
+    dataset, split = "refcoco", "val"
+    if len(parts) >= 3 and parts[-2] in REFCOCO_TASKS:
+        *root, dataset, split = parts
+    elif len(parts) >= 2 and parts[-1] in REFCOCO_TASKS:
+        *root, dataset = parts
+    else:
+        root = parts
+    root = ":".join(root)
+    if not root:
+        raise ValueError(f"--data {spec!r}: expected refcoco:ROOT[:DATASET[:SPLIT]], e.g. refcoco:data/refcoco:refcoco:val")
+    return root, dataset, split
+
+
+def refcoco_items(root, dataset: str = "refcoco", split: str = "val"):
+    """Yield (index, ground truth, Turn) per referring expression of a RefCOCO-family split.
+
+    Scored under the grounding key ``dataset`` ("refcoco", "refcoco+", "refcocog"): Acc@0.5 (box IoU
+    >= 0.5 of the first answered object) and cIoU (summed mask intersections / summed unions).
+    """
+    from perception.data.refcoco import RefCocoDataset
+
+    return _dataset_items(RefCocoDataset(root, dataset=dataset, split=split))
+
+
+def _dataset_items(ds):
+    for i in range(len(ds)):
+        s = ds[i]
+        gt = {"image": s.image, "boxes": [tuple(b) for b in s.boxes], "masks": list(s.masks)}
+        for t in s.turns:
+            yield i, gt, t
+
+
 class Accumulator:
     def __init__(self):
         self.ground = defaultdict(lambda: {"iou": [], "miou": [], "inter": [], "union": []})
@@ -75,7 +115,7 @@ class Accumulator:
             return
         task = turn.task
         objs = answer.objects
-        if task in GROUND_TYPES or task.startswith("ground_") and task != "ground_all" or task == "click_seg":
+        if task in GROUND_TYPES or task.startswith("ground_") and task != "ground_all" or task == "click_seg" or task in REFCOCO_TASKS:
             k = turn.targets[0]
             g = self.ground[task.split("_")[-1] if task in GROUND_TYPES else task]
             box = objs[0].box if objs else None
@@ -163,6 +203,12 @@ def run_cli(args) -> int:
         pipe.model.config.box_head.source = args.box_source
     if args.data == "shapesref":
         items, total = shapesref_items(args.seed, args.count), None
+    elif args.data.startswith("refcoco:"):
+        from perception.data.refcoco import RefCocoDataset
+
+        root, dataset, split = parse_refcoco_spec(args.data)
+        ds = RefCocoDataset(root, dataset=dataset, split=split)  # one expression per item
+        items, total = _dataset_items(ds), len(ds)
     else:
         items, total = jsonl_items(args.data), None
     rep = evaluate(pipe, items, total=total)

@@ -38,6 +38,8 @@ def apply_lora(model) -> None:
     for name, p in model.named_parameters():
         if name.startswith("backbone."):
             p.requires_grad = "lora_" in name or _is_embedding(model, name)
+        elif name.startswith("mask_head.sam.image_encoder."):  # SAM's encoder stays frozen (as in LISA)
+            p.requires_grad = False
         else:  # heads and region encoder: fully trainable (peft froze them)
             p.requires_grad = True
 

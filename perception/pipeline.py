@@ -43,7 +43,8 @@ def backbone_tokenizer(cfg):
     """The tokenizer for a preset's backbone, with our special tokens added."""
     from perception.tokenizer import add_special_tokens, build_tiny_tokenizer
 
-    if cfg.backbone.kind == "stem-llama" or cfg.backbone.llava_config is not None:
+    b = cfg.backbone
+    if b.kind == "stem-llama" or b.llava_config is not None or b.qwen_config is not None:  # built from config
         return build_tiny_tokenizer()
     from transformers import AutoTokenizer
 
@@ -57,8 +58,13 @@ def backbone_tokenizer(cfg):
     return tok
 
 
-def load_model(name_or_path: str, device="cpu"):
-    """Preset name, checkpoint folder or hub id -> PerceptionModel (eval mode)."""
+def load_model(name_or_path: str, device="cpu", cache_dir=None):
+    """Preset name, checkpoint folder or hub id -> PerceptionModel (eval mode).
+
+    A hub id ("user/repo", as written by ``save_pretrained(model, folder, push_to_hub="user/repo")``)
+    is fetched with ``huggingface_hub.snapshot_download`` into ``cache_dir`` (default: the Hub cache,
+    ``$HF_HUB_CACHE`` or ``$HF_HOME/hub``); with ``HF_HUB_OFFLINE=1`` a cached snapshot is used as is.
+    """
     from perception.checkpoint import from_pretrained
     from perception.presets import PRESETS, get_preset
 
@@ -81,7 +87,7 @@ def load_model(name_or_path: str, device="cpu"):
         from huggingface_hub import snapshot_download
 
         try:
-            folder = snapshot_download(repo_id=name_or_path)
+            folder = snapshot_download(repo_id=name_or_path, cache_dir=cache_dir)
         except Exception as e:
             raise OSError(
                 f"could not fetch {name_or_path!r} from the Hugging Face Hub ({type(e).__name__}); "
@@ -211,6 +217,10 @@ class Pipeline:
     def _objects(self, gen, state, frame: ImageFrame, phrases) -> list:
         from perception.model import perception_states
 
+        if self.model.config.output_mode == "text_box":  # baseline: boxes written as text, no masks
+            from perception.baseline import parse_text_boxes
+
+            return parse_text_boxes(self._decode(gen.ids[0, gen.prompt_len:].tolist()), frame, self.limits.max_objects)
         states, bidx, pos = perception_states(gen.hidden, gen.ids, self.model.loc_id)
         new = pos >= gen.prompt_len
         states, bidx = states[new], bidx[new]

@@ -8,6 +8,8 @@
 - ``tiny-llava``: LlavaForConditionalGeneration built from a tiny config (tests; same code as 7B).
 - ``llava-1.5-7b`` / ``llava-1.5-13b`` (+ SAM ViT-H, or ``-sam-vit-b``/``-sam-vit-l``): GPU presets;
   LoRA r=16 on the LM's q/v, the paper's MLP box head, segment-anything's MaskDecoder.
+- ``tiny-qwen2vl``: Qwen2VLForConditionalGeneration built from a tiny config (tests: a second family
+  behind the same adapter interface). ``qwen2-vl-2b``: Qwen/Qwen2-VL-2B-Instruct + SAM ViT-H, LoRA.
 """
 
 from __future__ import annotations
@@ -94,6 +96,64 @@ def _llava(size: str, sam: str) -> PerceptionConfig:
     )
 
 
+_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]  # Qwen2-VL's image processor uses OpenAI CLIP statistics
+_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def _tiny_qwen2vl() -> PerceptionConfig:
+    qwen = {
+        "vision_config": {  # 56 px / patch 7 = 8 x 8 patches, merged 2 x 2 -> 4 x 4 = 16 image tokens
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 64,  # merger output = the LM width
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 7,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        "text_config": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},  # head_dim 16 -> 8 freqs
+            "bos_token_id": 1,  # the tiny BPE's <s> and </s>
+            "eos_token_id": 2,
+        },
+    }
+    return PerceptionConfig(
+        preset="tiny-qwen2vl",
+        backbone=BackboneConfig(
+            kind="qwen2vl", qwen_config=qwen, image_size=56, resize_mode="pad", pixel_mean=_CLIP_MEAN, pixel_std=_CLIP_STD
+        ),
+        mask_head=MaskHeadConfig(kind="sam", dim=32, sam_variant=None),
+        box_head=BoxHeadConfig(hidden=64, source="head"),
+        lora=LoraSettings(enabled=True, r=4, alpha=8),
+    )
+
+
+def _qwen2vl_2b() -> PerceptionConfig:
+    return PerceptionConfig(
+        preset="qwen2-vl-2b",
+        backbone=BackboneConfig(
+            kind="qwen2vl",
+            name_or_path="Qwen/Qwen2-VL-2B-Instruct",
+            image_size=448,  # multiple of 28: 16 x 16 = 256 image tokens
+            resize_mode="pad",
+            pixel_mean=_CLIP_MEAN,
+            pixel_std=_CLIP_STD,
+            dtype="bfloat16",
+            gradient_checkpointing=True,
+        ),
+        mask_head=MaskHeadConfig(kind="sam", dim=256, sam_variant="vit_h", sam_checkpoint="checkpoints/sam_vit_h.pth"),
+        box_head=BoxHeadConfig(hidden=1536, source="head"),
+        lora=LoraSettings(enabled=True, r=16, alpha=32, dropout=0.05),
+    )
+
+
 PRESETS = {
     "tiny": _tiny,
     "tiny-llava": _tiny_llava,
@@ -103,6 +163,8 @@ PRESETS = {
     "llava-1.5-7b-sam-vit-l": lambda: _llava("7b", "vit_l"),
     "llava-1.5-13b-sam-vit-b": lambda: _llava("13b", "vit_b"),
     "llava-1.5-13b-sam-vit-l": lambda: _llava("13b", "vit_l"),
+    "tiny-qwen2vl": _tiny_qwen2vl,
+    "qwen2-vl-2b": _qwen2vl_2b,
 }
 
 

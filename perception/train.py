@@ -1,6 +1,7 @@
 """The trainer: ``python -m perception train --config configs/NAME.yaml``.
 
-Single process, or DDP under ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU). Only
+Single process, or DDP under ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU), or -- when
+``deepspeed`` names a JSON config -- DeepSpeed's engine (ZeRO, GPU; ``_train_deepspeed``). Only
 rank 0 evaluates and writes. Checkpoints (``output_dir/checkpoint-STEP``) are written atomically
 and hold the model (save_pretrained format), the optimizer and the step; a run restarted with the
 same command continues from ``output_dir/latest``.
@@ -75,8 +76,8 @@ def build_model(tc: TrainConfig):
             from perception.lora import apply_lora
 
             apply_lora(model)
-        if cfg.mask_head.kind == "sam" and cfg.mask_head.sam_checkpoint and os.path.exists(cfg.mask_head.sam_checkpoint):
-            model.mask_head.load_sam_checkpoint(cfg.mask_head.sam_checkpoint)
+        if cfg.mask_head.kind == "sam" and cfg.mask_head.sam_checkpoint:
+            model.mask_head.load_sam_checkpoint(cfg.mask_head.sam_checkpoint)  # clear error when missing
         return model
     return from_pretrained(tc.model).train()
 
@@ -139,6 +140,8 @@ def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
     from perception.data.collate import Collator, to_device
     from perception.data.streams import build_stream
 
+    if tc.deepspeed:  # a separate loop: DeepSpeed's engine owns backward, clipping and the optimizer step
+        return _train_deepspeed(tc, eval_fn, progress)
     world, rank, local = _dist_info()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -240,3 +243,173 @@ def _ddp_check_params(model, rank: int) -> None:
         Path(d).mkdir(parents=True, exist_ok=True)
         fp = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
         torch.save(fp, Path(d) / f"rank{rank}.pt")
+
+
+# --- DeepSpeed (optional; GPU runs) -------------------------------------------------------------
+# Kept apart from the loop above on purpose: the engine owns backward, gradient clipping, the
+# optimizer (built from the JSON's "optimizer" section) and its sharded state. We still set the
+# learning rate each step from ``lr_at`` and write checkpoints in our own format (rank 0), plus
+# DeepSpeed's per-rank optimizer shards under ``output_dir/deepspeed/<tag>`` for resuming.
+
+
+def check_deepspeed_config(path, tc: TrainConfig | None = None) -> dict:
+    """Read and validate a DeepSpeed JSON config without DeepSpeed installed; returns the dict.
+
+    Checks: a JSON object; no "auto" values (those need the HF Trainer integration, not used here);
+    ``zero_optimization.stage`` in {0, 1, 2, 3}; ``train_micro_batch_size_per_gpu`` equals
+    ``tc.batch_size`` (our per-process batch) and ``gradient_accumulation_steps`` is a positive
+    integer, when present; not both bf16 and fp16; ``bf16.enabled`` equals ``tc.bf16`` when present.
+    """
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"DeepSpeed config {path} not found") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"DeepSpeed config {path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"DeepSpeed config {path} must be a JSON object")
+    auto = _auto_keys(cfg)
+    if auto:
+        raise ValueError(f"DeepSpeed config {path}: 'auto' values need concrete numbers here: {auto}")
+    stage = (cfg.get("zero_optimization") or {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"DeepSpeed config {path}: zero_optimization.stage must be 0, 1, 2 or 3; got {stage!r}")
+    micro = cfg.get("train_micro_batch_size_per_gpu")
+    if micro is not None and tc is not None and micro != tc.batch_size:
+        raise ValueError(f"DeepSpeed config {path}: train_micro_batch_size_per_gpu={micro} but the training "
+                         f"config's batch_size={tc.batch_size} (per process); make them equal")
+    acc = cfg.get("gradient_accumulation_steps", 1)
+    if not isinstance(acc, int) or isinstance(acc, bool) or acc < 1:
+        raise ValueError(f"DeepSpeed config {path}: gradient_accumulation_steps must be a positive integer; got {acc!r}")
+    bf16 = bool((cfg.get("bf16") or {}).get("enabled", False))
+    fp16 = bool((cfg.get("fp16") or {}).get("enabled", False))
+    if bf16 and fp16:
+        raise ValueError(f"DeepSpeed config {path}: bf16 and fp16 cannot both be enabled")
+    if "bf16" in cfg and tc is not None and bf16 != tc.bf16:
+        raise ValueError(f"DeepSpeed config {path}: bf16.enabled={bf16} but the training config's bf16={tc.bf16}")
+    return cfg
+
+
+def _auto_keys(d, prefix="") -> list:
+    found = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            found += _auto_keys(v, f"{prefix}{k}.")
+        elif v == "auto":
+            found.append(prefix + k)
+    return found
+
+
+def _import_deepspeed():
+    try:
+        import deepspeed
+    except ImportError as e:
+        raise ImportError(
+            "the training config sets `deepspeed` but DeepSpeed is not installed: pip install deepspeed "
+            "(GPU machines with a CUDA toolkit; docs/TRAINING.md), or drop --deepspeed to train with plain DDP"
+        ) from e
+    return deepspeed
+
+
+def _train_deepspeed(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
+    """The DeepSpeed loop: same data, logging and checkpoint folders as ``train``."""
+    from tqdm import tqdm
+
+    from perception.checkpoint import from_pretrained
+    from perception.data.collate import Collator, to_device
+    from perception.data.streams import build_stream
+
+    ds_json = check_deepspeed_config(tc.deepspeed, tc)
+    deepspeed = _import_deepspeed()
+    world, rank, local = _dist_info()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(tc.seed + rank)
+    out = Path(tc.output_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(tc.to_dict(), indent=1))
+    resume = latest_checkpoint(out)
+    start, tag = 0, None
+    if resume is not None:
+        model = from_pretrained(resume).train()
+        if model.config.lora.enabled and not getattr(model, "lora_applied", False):
+            from perception.lora import apply_lora
+
+            apply_lora(model)
+        state = json.loads((resume / "trainer_state.json").read_text())
+        start, tag = state["step"], state.get("deepspeed_tag")
+    else:
+        model = build_model(tc).train()
+    model.to(device)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_json
+    )
+    if tag and (out / "deepspeed" / tag).is_dir():
+        engine.load_checkpoint(str(out / "deepspeed"), tag=tag, load_module_strict=False)
+    bf16 = bool((ds_json.get("bf16") or {}).get("enabled", False))
+
+    collate = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens,
+                       clicks_per_image=tc.data.clicks_per_image, click_teacher=tc.data.click_teacher,
+                       seed=tc.seed * 7919 + rank * 104729 + start)
+    stream = build_stream(tc.data, tc.seed, rank, world, start * tc.batch_size)
+    loader = DataLoader(stream, batch_size=tc.batch_size, collate_fn=collate,
+                        num_workers=tc.data.num_workers, persistent_workers=tc.data.num_workers > 0,
+                        prefetch_factor=4 if tc.data.num_workers > 0 else None)
+    log = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    bar = tqdm(total=tc.steps, initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
+    it = iter(loader)
+    step, t0 = start, time.time()
+    while step < tc.steps:
+        batch = to_device(next(it), device)
+        f = lr_at(step, tc)
+        for g in engine.optimizer.param_groups:
+            g["lr"] = tc.lr * f
+        # bf16 engines cast the whole module; autocast lets the heads' explicit fp32 inputs meet bf16 weights
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            losses = engine(batch)
+        engine.backward(losses["loss"])
+        engine.step()  # clips (gradient_clipping), steps, zeroes the gradients
+        step += 1
+        parts = {k: round(float(v.detach()), 4) for k, v in losses.items()}
+        bar.update(1)
+        if rank == 0:
+            log.write(json.dumps({"step": step, "time": round(time.time() - t0, 2), "lr": tc.lr * f, **parts}) + "\n")
+            if step % 20 == 0:
+                log.flush()
+        if step % tc.save_every == 0 or step == tc.steps:
+            _save_deepspeed_checkpoint(engine, model, step, tc, out, rank)
+        if rank == 0 and eval_fn is not None and tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
+            model.eval()
+            res = eval_fn(model, tc)
+            model.train()
+            log.write(json.dumps({"step": step, "eval": res}) + "\n")
+            log.flush()
+    bar.close()
+    if log:
+        log.close()
+    return out
+
+
+def _save_deepspeed_checkpoint(engine, model, step: int, tc: TrainConfig, out: Path, rank: int) -> None:
+    """All ranks write their optimizer shards (collective); rank 0 writes our model folder."""
+    from perception.checkpoint import atomic_dir, write_model
+
+    tag = f"step{step:06d}"
+    engine.save_checkpoint(str(out / "deepspeed"), tag=tag, exclude_frozen_parameters=True)
+    if rank != 0:
+        return
+    final = out / f"checkpoint-{step:06d}"
+    with atomic_dir(final) as tmp:
+        write_model(model, tmp)
+        (tmp / "trainer_state.json").write_text(
+            json.dumps({"step": step, "deepspeed_tag": tag, "train_config": tc.to_dict()}, indent=1))
+    tmp_latest = out / ".latest.tmp"
+    tmp_latest.write_text(final.name)
+    os.replace(tmp_latest, out / "latest")
+    for old in sorted(out.glob("checkpoint-*"))[: -tc.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    for old in sorted((out / "deepspeed").glob("step*"))[: -tc.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -68,6 +68,11 @@ def test_answer_html_colours_match_the_overlay_palette():
     assert color_hex(0) == "#%02x%02x%02x" % PALETTE[0]  # the colour draw_overlay gives object 0
 
 
+def test_answer_html_repeated_phrases_get_their_own_colours():
+    html = fmt.answer_html("the blue triangle, the blue triangle", ["the blue triangle"] * 2)
+    assert html.count("</span>") == 2 and color_hex(0) in html and color_hex(1) in html
+
+
 @pytest.mark.parametrize("text, phrases, expect", [
     ("plain", [], "plain"),
     ("a <b> & c", [], "a &lt;b&gt; &amp; c"),  # model text is escaped, never HTML
@@ -131,7 +136,8 @@ def test_click_region_message_answer_flow(scene):
 
     outs = run(h.chat(sess, msg + "?", True, True))
     assert len(outs) >= 2
-    sess2, chat, box, view, dd, overlay, objects, jfile, pfile = outs[-1]
+    sess2, chat, box, view, dd, overlay, objects, jfile, pfile, status = outs[-1]
+    assert status.startswith("Answer 1:")
     assert [m["role"] for m in chat] == ["user", "assistant"]
     assert "&lt;region1&gt;" in chat[0]["content"]
     assert len(sess2["history"]) == 2 and sess2["history"][0]["regions"] == [{"box": [5, 6, 41, 31]}]
@@ -157,15 +163,17 @@ def test_answer_objects_are_coloured_and_exported(scene, monkeypatch):
 
     monkeypatch.setattr(model, "stream_chat", fake_stream)
     sess = h.set_image(h.new_session(), scene.image)[0]
-    *_, (sess, chat, _, _, _, overlay, objects, jfile, pfile) = run(h.chat(sess, "Find it.", True, True))
+    *_, (sess, chat, _, _, _, overlay, objects, jfile, pfile, status) = run(h.chat(sess, "Find it.", True, True))
     assert f"color:{color_hex(0)}" in chat[-1]["content"] and f">the {o.color} {o.shape}</span>" in chat[-1]["content"]
+    assert status == "Answer 1: 1 object grounded."
     assert objects[0]["phrase"] == f"the {o.color} {o.shape}" and len(objects[0]["box"]) == 4
     assert (rle_decode(objects[0]["mask"]) == o.mask).all()
     px = np.asarray(overlay)[inside(o)[1], inside(o)[0]]
     assert not np.array_equal(px, np.asarray(scene.image)[inside(o)[1], inside(o)[0]])  # mask drawn
     assert json.loads(Path(jfile).read_text())["objects"] == objects
     no_masks, _ = h.redraw(sess, False, False)
-    assert np.array_equal(np.asarray(no_masks)[inside(o)[1], inside(o)[0]], np.asarray(scene.image)[inside(o)[1], inside(o)[0]])
+    x, y = inside(o)
+    assert np.array_equal(np.asarray(no_masks)[y, x], np.asarray(scene.image)[y, x])  # masks off: pixel untouched
 
 
 def test_bad_inputs_warn_or_error(scene, tmp_path, monkeypatch):
@@ -178,6 +186,10 @@ def test_bad_inputs_warn_or_error(scene, tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="empty"):
         run(h.chat(sess, "   "))
     two = h.add_box(h.add_box(sess, "", 1, 1, 20, 20)[0], "", 5, 5, 30, 30)[0]
+    with pytest.warns(UserWarning, match="four numbers"):
+        assert h.add_box(sess, "", 10, 1, 5, None)[0]["regions"] == []
+    with pytest.warns(UserWarning, match="outside"):
+        h.add_box(sess, "", 9000, 1, 9005, 5)
     with pytest.warns(UserWarning, match="region3.*only 2 region"):
         out = run(h.chat(two, "What is <region3>?"))
     assert out[-1][0]["regions"] == two["regions"]  # nothing consumed
@@ -209,6 +221,7 @@ def test_example_gallery_and_files():
     big = [p for p in REPO.rglob("*") if p.is_file() and ".git" not in p.parts and "runs" not in p.parts
            and p.stat().st_size > 10_000_000 and p.parts[len(REPO.parts)] in ("app", "docs")]
     assert not big, big
+    assert not list((REPO / "app").glob("*.pyi"))  # no gradio stub files written into the package
 
 
 def test_model_loads_lazily_once():
@@ -239,6 +252,7 @@ def client():
     demo = build_app()
     port = _free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    assert demo.max_file_size == model.limits().max_upload_bytes  # the upload size limit is set
     try:
         yield Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:

@@ -77,14 +77,16 @@ def inside(obj):
 
 
 def click_pixel(page, selector: str, x: int, y: int) -> None:
-    """Click image pixel (x, y) of the <img> in selector (object-fit: contain letterboxing included)."""
+    """Click image pixel (x, y) of the <img> in selector (object-fit and letterboxing included)."""
     page.wait_for_function(
         "s => { const i = document.querySelector(s + ' img'); return i && i.complete && i.naturalWidth > 0; }",
         arg=selector, timeout=30_000)
     img = page.locator(f"{selector} img").first
     box = img.bounding_box()
-    nw, nh = img.evaluate("e => [e.naturalWidth, e.naturalHeight]")
+    nw, nh, fit = img.evaluate("e => [e.naturalWidth, e.naturalHeight, getComputedStyle(e).objectFit]")
     scale = min(box["width"] / nw, box["height"] / nh)
+    if fit in ("scale-down", "none"):  # small images are shown at their natural size, centred
+        scale = min(scale, 1.0) if fit == "scale-down" else 1.0
     ox, oy = (box["width"] - nw * scale) / 2, (box["height"] - nh * scale) / 2
     page.mouse.click(box["x"] + ox + (x + 0.5) * scale, box["y"] + oy + (y + 0.5) * scale)
 
@@ -98,19 +100,13 @@ def wait_for(cond, timeout=45.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def overlay_src(page) -> str:
-    img = page.locator("#overlay img")
-    return img.first.get_attribute("src") if img.count() else ""
-
-
 def ask(page, text: str) -> str:
-    """Send a message, wait until the answer is complete (the overlay is redrawn); the last answer's text."""
-    before = overlay_src(page)
+    """Send a message and wait for the whole answer ("Answer N: ..." below the chat); its text."""
     n = page.locator("#chat .message-row").count()
     page.locator("#message textarea").fill(text)
     page.locator("#send").click()
     wait_for(lambda: page.locator("#chat .message-row").count() >= n + 2, what="the answer")
-    wait_for(lambda: overlay_src(page) not in ("", before), what="the overlay")
+    page.locator("#answer-status").filter(has_text=f"Answer {n // 2 + 1}:").wait_for(timeout=45_000)
     return page.locator("#chat .message-row").last.inner_text()
 
 
@@ -121,7 +117,8 @@ def session(browser, url, scene):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
     page.locator("#image input[type=file]").set_input_files(path)
-    page.wait_for_selector("#image img", timeout=30_000)
+    W, H = s.image.size
+    page.locator("#image-info").filter(has_text=f"{W} × {H} px").wait_for(timeout=30_000)  # upload handled
     click_pixel(page, "#image", *inside(target))
     box = page.locator("#message textarea")
     wait_for(lambda: "<region1>" in box.input_value(), what="<region1> in the message box")
@@ -172,3 +169,29 @@ def test_find_grounds_the_object_in_colour(session):
     assert re.search(r"color:\s*(#e6194b|rgb\(230, 25, 75\))", last), last  # phrase in object 1's colour
     text = session["find_answer"].lower()
     assert session["target"].shape in text, text
+
+
+def test_not_an_image_upload_shows_an_error(browser, url, tmp_path):
+    bad = tmp_path / "holiday.png"
+    bad.write_text("these are not pixels")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(url)
+        page.locator("#image input[type=file]").set_input_files(str(bad))
+        toast = page.locator("[data-testid=toast-body]").filter(has_text="not a readable image")
+        toast.first.wait_for(timeout=15_000)
+        assert "holiday.png" in toast.first.inner_text()
+    finally:
+        page.close()
+
+
+def test_example_then_clear_resets_the_session(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(url)
+        page.locator("#examples img").nth(1).click()
+        page.locator("#image-info").filter(has_text=" px").wait_for(timeout=15_000)
+        page.locator('#image button[aria-label="Remove Image"]').first.click()
+        page.locator("#image-info").filter(has_text="No image yet").wait_for(timeout=15_000)
+    finally:
+        page.close()

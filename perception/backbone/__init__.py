@@ -8,6 +8,7 @@ LM's module prefix for LoRA. Heads, losses, data and UI never touch a family's c
 
 from perception.backbone.base import Backbone, VisualFeatures
 from perception.backbone.llava import LlavaBackbone
+from perception.backbone.qwen2vl import Qwen2VLBackbone
 from perception.backbone.stem import StemLlamaBackbone
 
 
@@ -17,7 +18,9 @@ def build_backbone(cfg, vocab_size: int, pretrained: bool = True) -> Backbone:
         return StemLlamaBackbone(cfg, vocab_size)
     if cfg.kind == "llava":
         return LlavaBackbone(cfg, vocab_size, pretrained=pretrained)
-    raise ValueError(f"unknown backbone kind {cfg.kind!r}; known: 'stem-llama', 'llava'")
+    if cfg.kind == "qwen2vl":
+        return Qwen2VLBackbone(cfg, vocab_size, pretrained=pretrained)
+    raise ValueError(f"unknown backbone kind {cfg.kind!r}; known: 'stem-llama', 'llava', 'qwen2vl'")
 
 
-__all__ = ["Backbone", "VisualFeatures", "LlavaBackbone", "StemLlamaBackbone", "build_backbone"]
+__all__ = ["Backbone", "VisualFeatures", "LlavaBackbone", "Qwen2VLBackbone", "StemLlamaBackbone", "build_backbone"]

@@ -13,6 +13,7 @@ import os
 import torch
 
 from perception.backbone.base import Backbone, VisualFeatures
+from perception.memory import log_memory_estimate
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -21,7 +22,7 @@ def missing_weights_message(name: str) -> str:
     return (
         f"Cannot load backbone weights {name!r}: no local folder of that name and the Hugging Face Hub "
         f"is unreachable or offline. Download them on a connected machine with "
-        f"`huggingface-cli download {name} --local-dir checkpoints/{name.split('/')[-1]}` and pass "
+        f"`hf download {name} --local-dir checkpoints/{name.split('/')[-1]}` and pass "
         f"that folder (see checkpoints/README.md)."
     )
 
@@ -38,6 +39,7 @@ class LlavaBackbone(Backbone):
             text = dict(lc.pop("text_config"), vocab_size=vocab_size)
             self.model = LlavaForConditionalGeneration(LlavaConfig(text_config=text, **lc))
         elif cfg.name_or_path:
+            log_memory_estimate(cfg)  # weights-only GiB to stderr before a multi-GB load
             kwargs = {"dtype": _DTYPES[cfg.dtype]}
             if cfg.device_map:
                 kwargs["device_map"] = cfg.device_map

@@ -27,13 +27,17 @@ class Collator:
         self.prompts = PromptEncoder(tokenizer, num_image_tokens)
         self.side = mask_side(config)
         self.region_side = config.region.mask_size * 2
-        self.clicks_per_image = clicks_per_image
+        self.clicks_per_image = 0 if config.output_mode == "text_box" else clicks_per_image  # baseline: no click auxiliary
         self.click_teacher = click_teacher
         self.rng = np.random.default_rng(seed)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def __call__(self, samples: list[Sample]) -> dict:
         cfg = self.config
+        if cfg.output_mode == "text_box":  # baseline: boxes as text, no <loc>, heads get no targets
+            from perception.baseline import to_text_boxes
+
+            samples = [to_text_boxes(s, cfg.backbone) for s in samples]
         ids, labels = [], []
         loc_masks, loc_boxes = [], []
         reg = {k: [] for k in ("bidx", "is_box", "is_point", "boxes", "masks", "points", "use_mask")}

@@ -1,0 +1,67 @@
+"""The named API endpoints (gradio_client): ``/chat`` and ``/segment_point``. Stateless: the
+client keeps the history. Formats are a contract; see api_chat's docstring.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+
+import gradio as gr
+
+from perception import Answer
+from perception.render import answer_json, draw_overlay
+
+from app import format as fmt
+from app import model
+from app.handlers import error, load, model_error, segment
+
+
+# --- endpoints -----------------------------------------------------------------------------------
+
+
+def _plain_errors(fn):
+    """For API endpoints: error messages as plain text (clients do not render HTML)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error as e:
+            raise gr.Error(html.unescape(e.message), title=e.title, print_exception=False) from None
+
+    return wrapper
+
+
+@_plain_errors
+def api_chat(image, message: str, regions, history):
+    """The ``/chat`` endpoint: one turn, stateless (the client keeps the history).
+
+    image: file path (or PIL/array). regions: JSON list in pixels of {"point": [x, y]} |
+    {"box": [x1, y1, x2, y2]} | {"mask": COCO RLE}, "[]" for none. history: messages-format list
+    (or its JSON), "[]" to start. Returns (answer text, history + 2 messages, objects, overlay),
+    objects = [{"box": [x1, y1, x2, y2], "mask": RLE, "phrase": str | None}] in answer order.
+    """
+    img = load(image)
+    if not isinstance(message, str) or not message.strip():
+        raise error("The message is empty: give a question or an instruction.")
+    try:
+        regs = fmt.parse_regions(regions, img.size)
+        hist = fmt.parse_history(history)
+        fmt.check_placeholders(message, len(regs))
+    except ValueError as e:
+        raise error(str(e)) from None
+    answer = None
+    try:
+        for out in model.stream_chat(img, message, hist, regs):
+            if isinstance(out, Answer):
+                answer = out
+    except ValueError as e:
+        raise error(str(e)) from None
+    except Exception as e:
+        raise model_error("answering", e) from None
+    if answer is None:
+        raise error("The model returned no answer.")
+    return answer.text, answer.history, answer_json(answer), draw_overlay(img, answer.objects)
+
+
+api_segment_point = _plain_errors(segment)
