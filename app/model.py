@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import queue
-import threading
 import warnings
 
 import perception
@@ -59,38 +57,10 @@ def get_pipeline() -> perception.Pipeline:
     return pipe
 
 
-def _one_thread(gen):
-    """Run generator ``gen`` to the end in one worker thread and yield its items here.
-
-    Gradio advances a handler's generator from whichever worker thread is free, but the pipeline
-    holds its (thread-owned) lock across yields; so the model's generator must stay in one thread.
-    Exceptions are re-raised in the caller.
-    """
-    items: queue.Queue = queue.Queue()
-    done = object()
-
-    def work():
-        try:
-            for item in gen:
-                items.put((True, item))
-            items.put((True, done))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            items.put((False, e))
-
-    threading.Thread(target=work, name="perception-stream", daemon=True).start()
-    while True:
-        ok, item = items.get()
-        if not ok:
-            raise item
-        if item is done:
-            return
-        yield item
-
-
 @gpu
 def stream_chat(image, message: str, history: list, regions: list):
     """Yield the growing answer text, then the final perception.Answer."""
-    yield from _one_thread(get_pipeline().stream_chat(image, message, history=history, regions=regions))
+    yield from get_pipeline().stream_chat(image, message, history=history, regions=regions)
 
 
 @gpu

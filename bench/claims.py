@@ -101,7 +101,7 @@ DEFINITIONS = {
                          "location tokens (<loc>, or the '[x1,y1,x2,y2]' text) plus separators such as ', '. "
                          "'generated': greedy answers to the 1/3/5-object 'all the ...' questions; 'reference': "
                          "the same count on the reference answers (independent of training quality)",
-    "latency_ms": "median wall time of Pipeline.chat per answer, batch 1, greedy, image features cached "
+    "latency_ms": "median wall time of Pipeline.chat per answer, CPU, batch 1, greedy, image features cached "
                   "(so it is generation + decoding the objects), by number of matching objects in the scene",
     "latency_forced_ms": "median wall time to run the reference answer token by token through the same KV-cache "
                          "decoding loop (prefill + one forward per token + argmax) and decode it into objects",
@@ -250,7 +250,7 @@ def _forced_seconds(pipe, image, question: str, answer: str):
 
     model = pipe.model
     prompts = model.prompts
-    image, (frame, state) = pipe._prepare(image)
+    _, (frame, state) = pipe._prepare(image)
     enc = prompts.encode([(question, None)], add_generation_prompt=True)
     answer_ids = prompts.assistant(answer) + [prompts.eos_id]
     with torch.no_grad():
@@ -273,18 +273,14 @@ def _forced_seconds(pipe, image, question: str, answer: str):
 
 def _generated_ids(pipe, image, question: str) -> list:
     """The ids ``Pipeline.chat`` generates for a fresh one-turn question (greedy, deterministic)."""
+    import torch
+
     from perception.generation import generate
 
     model = pipe.model
-    image, (frame, state) = pipe._prepare(image)
+    _, (_, state) = pipe._prepare(image)
     enc = model.prompts.encode([(question, None)], add_generation_prompt=True)
-    import torch
-
-    gen = generate(model, state, torch.tensor([enc.input_ids]), None, pipe.limits.max_new_tokens, pipe.limits.max_objects)
-    out = []
-    for t in gen:
-        out.append(t)
-    return out
+    return list(generate(model, state, torch.tensor([enc.input_ids]), None, pipe.limits.max_new_tokens, pipe.limits.max_objects))
 
 
 def gradient_parameters(model, batch) -> dict:

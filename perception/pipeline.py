@@ -189,18 +189,22 @@ class Pipeline:
                 rd = {k: torch.stack([torch.as_tensor(g[k]) for g in geo]).to(self.device) for k in geo[0]}
                 rd["bidx"] = torch.zeros(len(geo), dtype=torch.long, device=self.device)
                 region_embeds = self.model.encode_regions(state, rd)
-            ids = torch.tensor([enc.input_ids], device=self.device)
-            max_new = min(max_new_tokens or lim.max_new_tokens, lim.max_new_tokens)
-            gen = generate(self.model, state, ids, region_embeds, max_new, lim.max_objects)
-            new_ids = []
-            while True:
+        ids = torch.tensor([enc.input_ids], device=self.device)
+        max_new = min(max_new_tokens or lim.max_new_tokens, lim.max_new_tokens)
+        gen = generate(self.model, state, ids, region_embeds, max_new, lim.max_objects)
+        new_ids = []
+        # The lock is held for each decoding step, never across a yield: a web server may resume
+        # this generator from another thread. ``generate`` runs under no_grad itself.
+        while True:
+            with self._lock:
                 try:
                     new_ids.append(next(gen))
                 except StopIteration as stop:
                     result = stop.value
                     break
-                yield parse_answer(self._decode(new_ids)).text
-            raw = self._decode(new_ids)
+            yield parse_answer(self._decode(new_ids)).text
+        raw = self._decode(new_ids)
+        with self._lock, torch.no_grad():
             objects = self._objects(result, state, frame, parse_answer(raw).phrases)
         parsed = parse_answer(raw)
         new_history = history + [
