@@ -44,15 +44,19 @@ def api_chat(image, message: str, regions, history):
     img = load(image)
     if not isinstance(message, str) or not message.strip():
         raise error("The message is empty: give a question or an instruction.")
+    lim = model.limits()
     try:
-        regs = fmt.parse_regions(regions, img.size)
+        regs = fmt.parse_regions(regions, img.size, lim.max_regions)
         hist = fmt.parse_history(history)
+        # the model sees only the last turns: older ones go back to the client untouched, never decoded
+        recent = fmt.recent_history(hist, lim.max_history_turns)
+        fmt.check_history_regions(recent, img.size, lim.max_regions, first=len(hist) - len(recent) + 1)
         fmt.check_placeholders(message, len(regs))
     except ValueError as e:
         raise error(str(e)) from None
     answer = None
     try:
-        for out in model.stream_chat(img, message, hist, regs):
+        for out in model.stream_chat(img, message, recent, regs):
             if isinstance(out, Answer):
                 answer = out
     except ValueError as e:
@@ -61,7 +65,8 @@ def api_chat(image, message: str, regions, history):
         raise model_error("answering", e) from None
     if answer is None:
         raise error("The model returned no answer.")
-    return answer.text, answer.history, answer_json(answer), draw_overlay(img, answer.objects)
+    new_messages = answer.history[len(recent):]  # this turn: the user message and the answer
+    return answer.text, hist + new_messages, answer_json(answer), draw_overlay(img, answer.objects)
 
 
 api_segment_point = _plain_errors(segment)

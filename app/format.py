@@ -74,30 +74,53 @@ def answer_html(text: str, phrases: list) -> str:
 # --- regions ------------------------------------------------------------------------------------
 
 
-def parse_regions(value, size: tuple[int, int] | None = None) -> list[Region]:
+def parse_regions(value, size: tuple[int, int] | None = None, max_regions: int | None = None) -> list[Region]:
     """The API's ``regions`` argument -> [Region].
 
     value: a JSON string or an already parsed list of ``{"point": [x, y]}``, ``{"box": [x1, y1, x2,
     y2]}`` or ``{"mask": COCO RLE}`` in image pixels; None, "" and "[]" mean no regions.
-    size: (w, h) of the image; a mask of another size is an error. Raises ValueError naming the problem.
+    size: (w, h) of the image; a mask of another size is an error, found before it is decoded (an
+    RLE of a few bytes can claim any size). max_regions: more regions than this is an error, also
+    before any decoding. Raises ValueError naming the problem.
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return []
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"regions must be a JSON list; could not parse it ({e.msg} at column {e.colno})") from None
+        except ValueError as e:  # JSONDecodeError, or a number of over 4300 digits
+            raise ValueError(f"regions must be a JSON list; could not parse it ({_json_problem(e)})") from None
     if not isinstance(value, list):
         raise ValueError(f"regions must be a JSON list of {{point|box|mask}} objects; got {type(value).__name__}")
+    if max_regions is not None and len(value) > max_regions:
+        raise ValueError(f"{len(value)} regions given; at most {max_regions} per message")
     hw = (size[1], size[0]) if size is not None else None
     out = []
     for n, d in enumerate(value, 1):
         try:
+            _check_mask_size(d, hw)
             out.append(region_from_json(d, hw))
         except (ValueError, TypeError) as e:
             raise ValueError(f"region {n}: {e}") from None
+        except OverflowError as e:  # a coordinate beyond float range
+            raise ValueError(f"region {n}: a number is too large ({e})") from None
     return out
+
+
+def _json_problem(e: ValueError) -> str:
+    return f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
+
+
+def _check_mask_size(d, hw: tuple[int, int] | None) -> None:
+    """A mask region whose RLE claims another (h, w) than the image's: ValueError, without decoding."""
+    if hw is None or not isinstance(d, dict) or not isinstance(d.get("mask"), dict) or "size" not in d["mask"]:
+        return  # not a mask, or not an RLE: region_from_json says so
+    try:
+        claimed = tuple(int(v) for v in d["mask"]["size"])
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"mask size must be [h, w] integers; got {str(d['mask']['size'])[:40]}") from None
+    if claimed != tuple(hw):
+        raise ValueError(f"mask is {'x'.join(map(str, claimed))} (h x w) but the image is {hw[0]}x{hw[1]}")
 
 
 def parse_history(value) -> list:
@@ -107,11 +130,74 @@ def parse_history(value) -> list:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"history must be a JSON list of messages; could not parse it ({e.msg})") from None
+        except ValueError as e:
+            raise ValueError(f"history must be a JSON list of messages; could not parse it ({_json_problem(e)})") from None
     if not isinstance(value, list):
         raise ValueError(f"history must be a list of {{role, content}} messages; got {type(value).__name__}")
     return value
+
+
+def recent_history(messages: list, max_turns: int) -> list:
+    """The tail of a messages-format history that holds its last ``max_turns`` complete turns.
+
+    A turn is a user message followed by an assistant message (both with text contents; anything
+    else is skipped), paired as ``perception.Pipeline`` pairs them, so the pipeline sees the same
+    turns in the tail as in the whole history but never reads (or decodes the regions of) older ones.
+    """
+    if max_turns < 0:
+        return list(messages)
+    starts, pending = [], None
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            continue
+        if m.get("role") == "user":
+            pending = i
+        elif m.get("role") == "assistant" and pending is not None:
+            starts.append(pending)
+            pending = None
+    if max_turns == 0 or not starts:
+        return []
+    return list(messages[starts[-max_turns] if len(starts) >= max_turns else starts[0]:])
+
+
+def check_history_regions(messages: list, size: tuple[int, int], max_regions: int, first: int = 1) -> None:
+    """Regions carried by history messages: a list of at most ``max_regions``, masks of the image's size.
+
+    Checked without decoding anything; ValueError naming the message otherwise (numbered from
+    ``first``: the position of ``messages[0]`` in the client's whole history). Other problems (a
+    region that is not a valid point/box/mask) make the pipeline read that turn as plain text.
+    """
+    hw = (size[1], size[0])
+    for k, m in enumerate(messages, first):
+        if not isinstance(m, dict) or m.get("regions") is None:
+            continue
+        regs = m["regions"]
+        if not isinstance(regs, list):
+            raise ValueError(f"history message {k}: regions must be a list; got {type(regs).__name__}")
+        if len(regs) > max_regions:
+            raise ValueError(f"history message {k}: {len(regs)} regions; at most {max_regions} per message")
+        for n, d in enumerate(regs, 1):
+            try:
+                _check_mask_size(d, hw)
+                _check_finite(d)
+            except ValueError as e:
+                raise ValueError(f"history message {k}: region {n}: {e}") from None
+
+
+def _check_finite(d) -> None:
+    """Point and box numbers must fit a float (the pipeline reads them with float())."""
+    if not isinstance(d, dict):
+        return
+    for kind in ("point", "box"):
+        values = d.get(kind)
+        if isinstance(values, list):
+            for v in values:
+                try:
+                    float(v)
+                except OverflowError:
+                    raise ValueError(f"{kind} has a number too large for a coordinate") from None
+                except (TypeError, ValueError):
+                    pass  # the pipeline reads this turn as plain text
 
 
 def placeholder_numbers(message: str) -> list[int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,7 +87,10 @@ def load(src):
     try:
         return load_image(src, model.limits().max_image_pixels)
     except ValueError as e:
-        raise error(str(e)) from None
+        msg = str(e)
+        if isinstance(src, (str, os.PathLike)):  # name the file, not where the server keeps it
+            msg = msg.replace(os.fspath(src), Path(src).name)
+        raise error(msg) from None
 
 
 # --- image ---------------------------------------------------------------------------------------
@@ -136,7 +140,8 @@ def segment(image, x, y):
         raise error(f"x and y must be integer pixels; got {x!r}, {y!r}") from None
     W, H = img.size
     if not (0 <= xy[0] < W and 0 <= xy[1] < H):
-        raise error(f"point {xy} is outside the {W}x{H} image")
+        shown = ", ".join(str(v) if abs(v) < 10**9 else f"{float(v):g}" for v in xy)
+        raise error(f"point ({shown}) is outside the {W}x{H} image")
     try:
         mask = model.segment_point(img, xy)
     except ValueError as e:

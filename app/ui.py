@@ -59,6 +59,24 @@ def friendly_upload_errors(component: gr.Image) -> gr.Image:
     return component
 
 
+def named_input_errors(component, expected: str):
+    """An API input gradio cannot convert (``x="NaN"``) -> a gr.Error naming the parameter and what it
+    expects, instead of gradio's bare "Error". For the hidden API-only components (plain text)."""
+    stock = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return stock(payload)
+        except gr.Error:
+            raise
+        except Exception:
+            raise gr.Error(f"{component.label} must be {expected}; got {str(payload)[:60]!r}",
+                           title="Error", print_exception=False) from None
+
+    component.preprocess = preprocess
+    return component
+
+
 def build_app() -> gr.Blocks:
     """The demo, not launched. Launch it with ``launch(demo)`` (theme, CSS, upload limit)."""
     lim = model.limits()
@@ -130,8 +148,8 @@ def build_app() -> gr.Blocks:
             a_history_out = gr.JSON(label="history")
             a_objects = gr.JSON(label="objects")
             a_overlay = gr.Image(label="overlay", type="pil", format="png")
-            a_x = gr.Number(label="x", precision=0)
-            a_y = gr.Number(label="y", precision=0)
+            a_x = named_input_errors(gr.Number(label="x", precision=0), "a number (pixels)")
+            a_y = named_input_errors(gr.Number(label="y", precision=0), "a number (pixels)")
             a_mask = gr.JSON(label="mask")
             a_chat = gr.Button()
             a_segment = gr.Button()

@@ -167,11 +167,11 @@ class Pipeline:
         regions = list(regions or [])
         if len(regions) > lim.max_regions:
             raise ValueError(f"{len(regions)} regions given; at most {lim.max_regions} per message")
-        regions = [r if isinstance(r, Region) else _region_from_dict(r) for r in regions]
         _, numbers = _split_numbers(message)
         check_region_numbers(numbers, len(regions))
         image, (frame, state) = self._prepare(image)
         W, H = image.size
+        regions = [_region_from_dict(r, (H, W)) for r in regions]
         for i, r in enumerate(regions, 1):
             _check_region(r, W, H, i)
 
@@ -214,9 +214,11 @@ class Pipeline:
         yield Answer(text=parsed.text, objects=objects, history=new_history, raw=raw)
 
     def _decode(self, ids) -> str:
+        """Generated ids -> text; byte fragments (U+FFFD) and control characters are dropped."""
         tok = self.model.tokenizer
         ids = [i for i in ids if i != tok.eos_token_id]
-        return tok.decode(ids, skip_special_tokens=False)
+        text = tok.decode(ids, skip_special_tokens=False)
+        return "".join(ch for ch in text if (ch.isprintable() or ch == "\n") and ch != "\ufffd")
 
     def _objects(self, gen, state, frame: ImageFrame, phrases) -> list:
         from perception.model import perception_states
@@ -297,44 +299,51 @@ def _region_to_dict(r: Region) -> dict:
     return region_to_json(r)
 
 
-def _region_from_dict(d) -> Region:
+def _region_from_dict(d, size=None) -> Region:
+    """A region dict (point / box / COCO RLE mask) -> Region; a mask's claimed (h, w) is checked
+    against ``size`` before anything is decoded."""
     from perception.data.jsonl import region_from_json
 
+    if isinstance(d, Region):
+        return d
     if not isinstance(d, dict):
         raise ValueError(f"a region must be perception.Region or a dict with point, box or mask; got {type(d).__name__}")
-    return region_from_json(d)
+    return region_from_json(d, size)
 
 
 def _history_turns(history, max_turns: int, size):
     """Messages-format history -> [(user, assistant)], their regions, and whether placeholders are live.
 
     Accepts [{"role": "user"|"assistant", "content": str, "regions": [...]?}, ...]; other roles and
-    non-text contents are skipped. Only the last ``max_turns`` complete turns are kept.
+    non-text contents are skipped. Only the last ``max_turns`` complete turns are kept, and only
+    their regions are decoded (checked against the image size first).
     """
-    turns, regs, keep = [], [], []
-    pending = None
+    pairs, pending = [], None
     for m in history:
         if not isinstance(m, dict) or not isinstance(m.get("content"), str):
             continue
         if m.get("role") == "user":
             pending = m
         elif m.get("role") == "assistant" and pending is not None:
-            rs = []
-            live = True
-            try:
-                rs = [_region_from_dict(r) for r in pending.get("regions") or []]
-                _, nums = _split_numbers(pending["content"])
-                check_region_numbers(nums, len(rs))
-                W, H = size
-                for i, r in enumerate(rs, 1):
-                    _check_region(r, W, H, i)
-            except (ValueError, TypeError):
-                rs, live = [], False
-            text = pending["content"][:4000]
-            turns.append((text, m["content"][:4000]))
-            regs.append(rs)
-            keep.append(live)
+            pairs.append((pending, m))
             pending = None
-    if max_turns >= 0:
-        turns, regs, keep = turns[len(turns) - max_turns:] if max_turns else [], regs[len(regs) - max_turns:] if max_turns else [], keep[len(keep) - max_turns:] if max_turns else []
+    pairs = pairs[len(pairs) - max_turns:] if max_turns > 0 else []
+    turns, regs, keep = [], [], []
+    W, H = size
+    for user, assistant in pairs:
+        rs, live = [], True
+        try:
+            raw = user.get("regions") or []
+            if not isinstance(raw, list) or len(raw) > DEFAULT_LIMITS.max_regions:
+                raise ValueError("bad regions")
+            rs = [_region_from_dict(r, (H, W)) for r in raw]
+            _, nums = _split_numbers(user["content"])
+            check_region_numbers(nums, len(rs))
+            for i, r in enumerate(rs, 1):
+                _check_region(r, W, H, i)
+        except (ValueError, TypeError, OverflowError):
+            rs, live = [], False
+        turns.append((user["content"][:4000], assistant["content"][:4000]))
+        regs.append(rs)
+        keep.append(live)
     return turns, regs, keep

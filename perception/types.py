@@ -51,6 +51,8 @@ class Region:
 def _check_numbers(name, values, n):
     try:
         vals = [float(v) for v in values]
+    except OverflowError:
+        raise ValueError(f"Region {name} has a number that is too large") from None
     except (TypeError, ValueError):
         raise ValueError(f"Region {name} must be {n} numbers; got {values!r}") from None
     if len(vals) != n:

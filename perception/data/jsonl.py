@@ -46,12 +46,28 @@ def rle_encode(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def rle_decode(rle: dict) -> np.ndarray:
-    """COCO RLE (counts as str, bytes, or an uncompressed list of run lengths) -> H x W bool."""
+def rle_size(rle: dict) -> tuple[int, int]:
+    """The (h, w) a COCO RLE claims, checked without decoding anything."""
     try:
         h, w = (int(v) for v in rle["size"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise ValueError(f"not a COCO RLE (needs 'size' [h, w] and 'counts'): {str(rle)[:80]}") from None
+    if h < 0 or w < 0:
+        raise ValueError(f"RLE size must be non-negative; got {[h, w]}")
+    return h, w
+
+
+def rle_decode(rle: dict, max_pixels: int | None = None) -> np.ndarray:
+    """COCO RLE (counts as str, bytes, or an uncompressed list of run lengths) -> H x W bool.
+
+    max_pixels: refuse an RLE claiming more pixels than this before decoding (a few bytes of RLE
+    can claim any size)."""
+    h, w = rle_size(rle)
+    if max_pixels is not None and h * w > max_pixels:
+        raise ValueError(f"RLE mask claims {h}x{w} pixels, over the limit of {max_pixels:,}")
+    try:
         counts = rle["counts"]
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError):
         raise ValueError(f"not a COCO RLE (needs 'size' [h, w] and 'counts'): {str(rle)[:80]}") from None
     if isinstance(counts, list):
         if sum(counts) != h * w:
@@ -87,14 +103,18 @@ def region_from_json(d: dict, size: tuple[int, int] | None = None) -> Region:
     """Inverse of region_to_json. size: (h, w) of the image; a mask of another size is an error."""
     if not isinstance(d, dict) or len(set(d) & {"point", "box", "mask"}) != 1:
         raise ValueError(f"a region needs exactly one of 'point', 'box' or 'mask'; got {str(d)[:80]}")
-    if "point" in d:
-        return Region(point=tuple(d["point"]))
-    if "box" in d:
-        return Region(box=tuple(d["box"]))
-    m = rle_decode(d["mask"])
-    if size is not None and m.shape != tuple(size):
-        raise ValueError(f"region mask is {m.shape[0]}x{m.shape[1]} (h x w), image is {size[0]}x{size[1]}")
-    return Region(mask=m)
+    for key, n in (("point", 2), ("box", 4)):
+        if key in d:
+            if not isinstance(d[key], (list, tuple)):
+                raise ValueError(f"region {key} must be a list of {n} numbers; got {str(d[key])[:40]}")
+            return Region(**{key: tuple(d[key])})
+    if not isinstance(d["mask"], dict):
+        raise ValueError("region mask must be a COCO RLE object {'size': [h, w], 'counts': ...}")
+    if size is not None:
+        h, w = rle_size(d["mask"])
+        if (h, w) != tuple(size):
+            raise ValueError(f"region mask is {h}x{w} (h x w), image is {size[0]}x{size[1]}")
+    return Region(mask=rle_decode(d["mask"]))
 
 
 # --- writing --------------------------------------------------------------------------------
