@@ -67,7 +67,6 @@ def main(argv=None) -> int:
 
 
 def _predict(args) -> int:
-    from PIL import Image
 
     import perception
     from perception.images import load_image

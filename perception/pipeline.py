@@ -48,7 +48,7 @@ def backbone_tokenizer(cfg):
         return build_tiny_tokenizer()
     from transformers import AutoTokenizer
 
-    from perception.backbone.llava import missing_weights_message
+    from perception.backbone.hf import missing_weights_message
 
     try:
         tok = AutoTokenizer.from_pretrained(cfg.backbone.name_or_path)

@@ -106,6 +106,20 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def make_loader(model, tc: TrainConfig, rank: int, world: int, start: int) -> DataLoader:
+    """The batch stream of one rank, continuing after ``start`` steps (fresh samples on resume)."""
+    from perception.data.collate import Collator
+    from perception.data.streams import build_stream
+
+    collate = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens,
+                       clicks_per_image=tc.data.clicks_per_image, click_teacher=tc.data.click_teacher,
+                       seed=tc.seed * 7919 + rank * 104729 + start)
+    stream = build_stream(tc.data, tc.seed, rank, world, start * tc.batch_size)
+    return DataLoader(stream, batch_size=tc.batch_size, collate_fn=collate,
+                      num_workers=tc.data.num_workers, persistent_workers=tc.data.num_workers > 0,
+                      prefetch_factor=4 if tc.data.num_workers > 0 else None)
+
+
 def latest_checkpoint(out: Path):
     f = out / "latest"
     if f.is_file():
@@ -137,8 +151,7 @@ def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
     from tqdm import tqdm
 
     from perception.checkpoint import from_pretrained
-    from perception.data.collate import Collator, to_device
-    from perception.data.streams import build_stream
+    from perception.data.collate import to_device
 
     if tc.deepspeed:  # a separate loop: DeepSpeed's engine owns backward, clipping and the optimizer step
         return _train_deepspeed(tc, eval_fn, progress)
@@ -175,13 +188,7 @@ def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
             model, device_ids=[local] if device.type == "cuda" else None, find_unused_parameters=True
         )
 
-    collate = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens,
-                       clicks_per_image=tc.data.clicks_per_image, click_teacher=tc.data.click_teacher,
-                       seed=tc.seed * 7919 + rank * 104729 + start)
-    stream = build_stream(tc.data, tc.seed, rank, world, start * tc.batch_size)
-    loader = DataLoader(stream, batch_size=tc.batch_size, collate_fn=collate,
-                        num_workers=tc.data.num_workers, persistent_workers=tc.data.num_workers > 0,
-                        prefetch_factor=4 if tc.data.num_workers > 0 else None)
+    loader = make_loader(model, tc, rank, world, start)
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=tc.steps, initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
     it = iter(loader)
@@ -317,8 +324,7 @@ def _train_deepspeed(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Pa
     from tqdm import tqdm
 
     from perception.checkpoint import from_pretrained
-    from perception.data.collate import Collator, to_device
-    from perception.data.streams import build_stream
+    from perception.data.collate import to_device
 
     ds_json = check_deepspeed_config(tc.deepspeed, tc)
     deepspeed = _import_deepspeed()
@@ -351,13 +357,7 @@ def _train_deepspeed(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Pa
         engine.load_checkpoint(str(out / "deepspeed"), tag=tag, load_module_strict=False)
     bf16 = bool((ds_json.get("bf16") or {}).get("enabled", False))
 
-    collate = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens,
-                       clicks_per_image=tc.data.clicks_per_image, click_teacher=tc.data.click_teacher,
-                       seed=tc.seed * 7919 + rank * 104729 + start)
-    stream = build_stream(tc.data, tc.seed, rank, world, start * tc.batch_size)
-    loader = DataLoader(stream, batch_size=tc.batch_size, collate_fn=collate,
-                        num_workers=tc.data.num_workers, persistent_workers=tc.data.num_workers > 0,
-                        prefetch_factor=4 if tc.data.num_workers > 0 else None)
+    loader = make_loader(model, tc, rank, world, start)
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=tc.steps, initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
     it = iter(loader)

@@ -21,13 +21,11 @@ from LLaVA that this adapter hides:
 
 from __future__ import annotations
 
-import os
 
 import torch
 
 from perception.backbone.base import Backbone, VisualFeatures
-from perception.backbone.llava import _DTYPES, _quantization, missing_weights_message
-from perception.memory import log_memory_estimate
+from perception.backbone.hf import load_hf_model
 
 
 def patchify(pixel_values: torch.Tensor, patch: int, merge: int, temporal: int):
@@ -94,29 +92,7 @@ class Qwen2VLBackbone(Backbone):
         super().__init__(cfg)
         from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-        if cfg.qwen_config is not None:
-            qc = dict(cfg.qwen_config)
-            text = dict(qc.pop("text_config"), vocab_size=vocab_size)
-            self.model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, **qc))
-        elif cfg.name_or_path:
-            log_memory_estimate(cfg)  # weights-only GiB to stderr before a multi-GB load
-            kwargs = {"dtype": _DTYPES[cfg.dtype]}
-            if cfg.device_map:
-                kwargs["device_map"] = cfg.device_map
-            if cfg.load_in:
-                kwargs["quantization_config"] = _quantization(cfg.load_in)
-            try:
-                if pretrained:
-                    self.model = Qwen2VLForConditionalGeneration.from_pretrained(cfg.name_or_path, **kwargs)
-                else:  # weights come from our own checkpoint: build the architecture only
-                    conf = Qwen2VLConfig.from_pretrained(cfg.name_or_path)
-                    self.model = Qwen2VLForConditionalGeneration(conf).to(_DTYPES[cfg.dtype])
-            except OSError as e:
-                if os.path.isdir(cfg.name_or_path):
-                    raise
-                raise OSError(missing_weights_message(cfg.name_or_path)) from e
-        else:
-            raise ValueError("qwen2vl backbone needs name_or_path (hub id / folder) or qwen_config")
+        self.model = load_hf_model(Qwen2VLForConditionalGeneration, Qwen2VLConfig, cfg, "qwen_config", vocab_size, pretrained)
         self.resize_token_embeddings(vocab_size)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()

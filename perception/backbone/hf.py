@@ -1,0 +1,63 @@
+"""Loading a transformers vision-LLM for any adapter: from a config dict (tests, toy sizes) or by
+hub id / local folder (real checkpoints), with dtype, device_map and optional bitsandbytes."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from perception.memory import log_memory_estimate
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def missing_weights_message(name: str) -> str:
+    return (
+        f"Cannot load backbone weights {name!r}: no local folder of that name and the Hugging Face Hub "
+        f"is unreachable or offline. Download them on a connected machine with "
+        f"`hf download {name} --local-dir checkpoints/{name.split('/')[-1]}` and pass "
+        f"that folder (see checkpoints/README.md)."
+    )
+
+
+
+def load_hf_model(model_cls, config_cls, cfg, inline_field: str, vocab_size: int, pretrained: bool):
+    """Build ``model_cls`` from the dict in ``cfg.<inline_field>`` (with a "text_config") or load
+    ``cfg.name_or_path``; ``pretrained=False`` builds the architecture only (weights come from
+    our own checkpoint). A missing download raises OSError naming what to fetch."""
+    inline_config = getattr(cfg, inline_field)
+    if inline_config is not None:
+        c = dict(inline_config)
+        text = dict(c.pop("text_config"), vocab_size=vocab_size)
+        return model_cls(config_cls(text_config=text, **c))
+    if not cfg.name_or_path:
+        raise ValueError(f"{cfg.kind} backbone needs name_or_path (hub id / folder) or {inline_field}")
+    log_memory_estimate(cfg)  # weights-only GiB to stderr before a multi-GB load
+    kwargs = {"dtype": _DTYPES[cfg.dtype]}
+    if cfg.device_map:
+        kwargs["device_map"] = cfg.device_map
+    if cfg.load_in:
+        kwargs["quantization_config"] = _quantization(cfg.load_in)
+    try:
+        if pretrained:
+            return model_cls.from_pretrained(cfg.name_or_path, **kwargs)
+        return model_cls(config_cls.from_pretrained(cfg.name_or_path)).to(_DTYPES[cfg.dtype])
+    except OSError as e:
+        if os.path.isdir(cfg.name_or_path):
+            raise
+        raise OSError(missing_weights_message(cfg.name_or_path)) from e
+
+
+def _quantization(kind: str):
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"load_in={kind!r} needs bitsandbytes: pip install bitsandbytes") from e
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if kind == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    raise ValueError(f"load_in must be '8bit' or '4bit', got {kind!r}")
