@@ -36,13 +36,10 @@ CSS = """
 """
 
 
-def friendly_upload_errors(component: gr.Image) -> gr.Image:
-    """Make an unreadable upload (not an image, a decompression bomb) a clear gr.Error.
-
-    gr.Image opens uploads with PIL before any handler runs, and a failure there would only show
-    "Error". Wrapping the instance's preprocess (not subclassing: gradio writes a .pyi stub next
-    to any module that defines a component class) keeps the stock frontend.
-    """
+def _errors_on_preprocess(component, error_for):
+    """Wrap the instance's ``preprocess`` so a conversion failure becomes ``error_for(payload, exc)``
+    (a gr.Error) instead of gradio's bare "Error". Wrapping, not subclassing: gradio writes a .pyi
+    stub next to any module that defines a component class."""
     stock = component.preprocess
 
     def preprocess(payload):
@@ -50,31 +47,31 @@ def friendly_upload_errors(component: gr.Image) -> gr.Image:
             return stock(payload)
         except gr.Error:
             raise
-        except Exception as e:  # PIL could not open it
-            name = getattr(payload, "orig_name", None) or "the file"
-            raise h.error(f"{name} is not a readable image ({type(e).__name__}); "
-                          f"upload a PNG, JPEG or WebP.") from None
+        except Exception as e:
+            raise error_for(payload, e) from None
 
     component.preprocess = preprocess
     return component
+
+
+def friendly_upload_errors(component: gr.Image) -> gr.Image:
+    """An unreadable upload (not an image, a decompression bomb): gr.Image opens uploads with PIL
+    before any handler runs; say which file and what to upload instead."""
+    def error_for(payload, e):
+        name = getattr(payload, "orig_name", None) or "the file"
+        return h.error(f"{name} is not a readable image ({type(e).__name__}); upload a PNG, JPEG or WebP.")
+
+    return _errors_on_preprocess(component, error_for)
 
 
 def named_input_errors(component, expected: str):
-    """An API input gradio cannot convert (``x="NaN"``) -> a gr.Error naming the parameter and what it
-    expects, instead of gradio's bare "Error". For the hidden API-only components (plain text)."""
-    stock = component.preprocess
+    """An API input gradio cannot convert (``x="NaN"``) -> a gr.Error naming the parameter and what
+    it expects. For the hidden API-only components (plain text)."""
+    def error_for(payload, e):
+        return gr.Error(f"{component.label} must be {expected}; got {str(payload)[:60]!r}",
+                        title="Error", print_exception=False)
 
-    def preprocess(payload):
-        try:
-            return stock(payload)
-        except gr.Error:
-            raise
-        except Exception:
-            raise gr.Error(f"{component.label} must be {expected}; got {str(payload)[:60]!r}",
-                           title="Error", print_exception=False) from None
-
-    component.preprocess = preprocess
-    return component
+    return _errors_on_preprocess(component, error_for)
 
 
 def build_app() -> gr.Blocks:
