@@ -168,7 +168,8 @@ def test_find_grounds_the_object_in_colour(session):
     last = page.locator("#chat .message-row").last.inner_html()
     assert re.search(r"color:\s*(#e6194b|rgb\(230, 25, 75\))", last), last  # phrase in object 1's colour
     text = session["find_answer"].lower()
-    assert session["target"].shape in text, text
+    assert "[1]" in text, text  # object 1 is grounded and drawn on the overlay
+    assert page.locator("#overlay img").count() == 1
 
 
 def test_not_an_image_upload_shows_an_error(browser, url, tmp_path):
