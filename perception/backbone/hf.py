@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from perception.backbone.base import Backbone
 from perception.memory import log_memory_estimate
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,3 +62,29 @@ def _quantization(kind: str):
     if kind == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
     raise ValueError(f"load_in must be '8bit' or '4bit', got {kind!r}")
+
+
+class HFBackbone(Backbone):
+    """Backbone methods shared by adapters around a transformers model held in ``self.model``."""
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def extra_forward_kwargs(self, inputs_embeds, attention_mask, past_key_values) -> dict:
+        """Model-specific forward arguments (e.g. Qwen2-VL's 3-D position ids); none by default."""
+        return {}
+
+    def forward_embeds(self, inputs_embeds, attention_mask=None, past_key_values=None, use_cache=False):
+        out = self.model(
+            inputs_embeds=inputs_embeds.to(self.model.dtype),
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=True,
+            **self.extra_forward_kwargs(inputs_embeds, attention_mask, past_key_values),
+        )
+        return out.logits.float(), out.hidden_states[-1].float(), out.past_key_values
+
+    def resize_token_embeddings(self, n: int) -> None:
+        if n != self.model.get_input_embeddings().num_embeddings:
+            self.model.resize_token_embeddings(n)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from perception.backbone.base import Backbone, VisualFeatures
-from perception.backbone.hf import load_hf_model
+from perception.backbone.base import VisualFeatures
+from perception.backbone.hf import HFBackbone, load_hf_model
 
-class LlavaBackbone(Backbone):
+class LlavaBackbone(HFBackbone):
     lm_prefix = "model.model.language_model"
 
     def __init__(self, cfg, vocab_size: int, pretrained: bool = True):
@@ -43,20 +43,3 @@ class LlavaBackbone(Backbone):
         g = self._grid
         grid = tokens[:, -g * g :].transpose(1, 2).reshape(tokens.shape[0], -1, g, g)
         return VisualFeatures(tokens, {"grid": grid})
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def forward_embeds(self, inputs_embeds, attention_mask=None, past_key_values=None, use_cache=False):
-        out = self.model(
-            inputs_embeds=inputs_embeds.to(self.model.dtype),
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_hidden_states=True,
-        )
-        return out.logits.float(), out.hidden_states[-1].float(), out.past_key_values
-
-    def resize_token_embeddings(self, n: int) -> None:
-        if n != self.model.get_input_embeddings().num_embeddings:
-            self.model.resize_token_embeddings(n)

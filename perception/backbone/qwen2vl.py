@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from perception.backbone.base import Backbone, VisualFeatures
-from perception.backbone.hf import load_hf_model
+from perception.backbone.base import VisualFeatures
+from perception.backbone.hf import HFBackbone, load_hf_model
 
 
 def patchify(pixel_values: torch.Tensor, patch: int, merge: int, temporal: int):
@@ -85,7 +85,7 @@ def mrope_position_ids(input_ids: torch.Tensor, image_token_id: int, grid: int, 
     return pos, deltas
 
 
-class Qwen2VLBackbone(Backbone):
+class Qwen2VLBackbone(HFBackbone):
     lm_prefix = "model.model.language_model"
 
     def __init__(self, cfg, vocab_size: int, pretrained: bool = True):
@@ -121,9 +121,6 @@ class Qwen2VLBackbone(Backbone):
         grid = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, g, g)
         return VisualFeatures(tokens, {"grid": grid})
 
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
     def embed_tokens(self, input_ids):
         self._last_ids = input_ids.detach()
         return self.get_input_embeddings()(input_ids)
@@ -143,18 +140,5 @@ class Qwen2VLBackbone(Backbone):
         p = torch.arange(past, past + T, device=inputs_embeds.device).view(1, 1, T) + self._rope_deltas.to(inputs_embeds.device)[None]
         return p.expand(3, B, T)
 
-    def forward_embeds(self, inputs_embeds, attention_mask=None, past_key_values=None, use_cache=False):
-        position_ids = self._positions(inputs_embeds, attention_mask, past_key_values)
-        out = self.model(
-            inputs_embeds=inputs_embeds.to(self.model.dtype),
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_hidden_states=True,
-        )
-        return out.logits.float(), out.hidden_states[-1].float(), out.past_key_values
-
-    def resize_token_embeddings(self, n: int) -> None:
-        if n != self.model.get_input_embeddings().num_embeddings:
-            self.model.resize_token_embeddings(n)
+    def extra_forward_kwargs(self, inputs_embeds, attention_mask, past_key_values) -> dict:
+        return {"position_ids": self._positions(inputs_embeds, attention_mask, past_key_values)}
