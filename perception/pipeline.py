@@ -21,7 +21,7 @@ import torch
 from perception.geometry import ImageFrame, blob_around_peak, box_from_mask
 from perception.images import load_image
 from perception.limits import DEFAULT_LIMITS, Limits
-from perception.tokens import REGION_PLACEHOLDER, check_region_numbers, parse_answer
+from perception.tokens import check_region_numbers, parse_answer, split_regions
 from perception.types import Answer, Grounding, Region
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class Pipeline:
         regions = list(regions or [])
         if len(regions) > lim.max_regions:
             raise ValueError(f"{len(regions)} regions given; at most {lim.max_regions} per message")
-        _, numbers = _split_numbers(message)
+        _, numbers = split_regions(message)
         check_region_numbers(numbers, len(regions))
         image, (frame, state) = self._prepare(image)
         W, H = image.size
@@ -273,10 +273,6 @@ def _clean_message(message, max_chars: int) -> str:
     return message.strip()
 
 
-def _split_numbers(message: str):
-    return None, [int(m.group(1)) for m in REGION_PLACEHOLDER.finditer(message)]
-
-
 def _check_region(r: Region, W: int, H: int, i: int) -> None:
     if r.point is not None:
         x, y = r.point
@@ -337,7 +333,7 @@ def _history_turns(history, max_turns: int, size):
             if not isinstance(raw, list) or len(raw) > DEFAULT_LIMITS.max_regions:
                 raise ValueError("bad regions")
             rs = [_region_from_dict(r, (H, W)) for r in raw]
-            _, nums = _split_numbers(user["content"])
+            _, nums = split_regions(user["content"])
             check_region_numbers(nums, len(rs))
             for i, r in enumerate(rs, 1):
                 _check_region(r, W, H, i)

@@ -106,6 +106,15 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def _output_dir(tc: TrainConfig, rank: int) -> Path:
+    """The run folder; rank 0 creates it and records the config."""
+    out = Path(tc.output_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(tc.to_dict(), indent=1))
+    return out
+
+
 def make_loader(model, tc: TrainConfig, rank: int, world: int, start: int) -> DataLoader:
     """The batch stream of one rank, continuing after ``start`` steps (fresh samples on resume)."""
     from perception.data.collate import Collator
@@ -162,10 +171,7 @@ def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed + rank)
-    out = Path(tc.output_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(tc.to_dict(), indent=1))
+    out = _output_dir(tc, rank)
 
     resume = latest_checkpoint(out)
     start = 0
@@ -333,10 +339,7 @@ def _train_deepspeed(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Pa
         torch.cuda.set_device(local)
     device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(tc.seed + rank)
-    out = Path(tc.output_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(tc.to_dict(), indent=1))
+    out = _output_dir(tc, rank)
     resume = latest_checkpoint(out)
     start, tag = 0, None
     if resume is not None:
