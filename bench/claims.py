@@ -73,15 +73,20 @@ OBJECT_COUNTS = (1, 3, 5)
 EVAL_MAX_NEW = 64  # generation cap for one-object answers (a text box answer is ~27 tokens)
 LATENCY_MAX_NEW = 192  # generation cap for "all the ..." answers (5 text boxes are ~145 tokens)
 
+# The benchmark compares output representations on the base recipe (as first run at commit 16e2b76):
+# no dense token auxiliary, whole-frame region encoder; identical in both modes.
+BASE_RECIPE = {"token_aux": {"attributes": []}, "loss": {"token_aux": 0.0}, "region": {"mode": "frame"}}
 QUICK_OVERRIDES = {
     "backbone": {"text": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
                  "stem": {"channels": [8, 16, 32, 48], "token_grid": 10}},
     "mask_head": {"dim": 32},
+    **BASE_RECIPE,
 }
 FULL_OVERRIDES = {
     "backbone": {"text": {"hidden_size": 128, "num_layers": 3, "num_heads": 4, "intermediate_size": 384},
                  "stem": {"channels": [16, 32, 64, 96], "token_grid": 10}},
     "mask_head": {"dim": 32},
+    **BASE_RECIPE,
 }
 PROFILES = {
     "quick": dict(seeds=2, steps=6, eval_every=3, eval_scenes=8, batch_size=4, lr=2e-3, warmup=2,

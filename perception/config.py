@@ -80,8 +80,27 @@ class BoxHeadConfig:
 class RegionEncoderConfig:
     """Region (box / mask / click) -> one input embedding replacing a <region> token."""
 
-    mask_size: int = 32  # masks are resized to this square before the conv net
+    mode: str = "roi"  # "roi": mask + features cropped to the region's box (shape survives for small objects) | "frame": whole-frame mask
+    mask_size: int = 32  # masks are rasterised at 2x this side; "frame" resizes them to this square for the conv net
+    roi_size: int = 16  # "roi": side of the crop (mask and per-pixel features) inside the box
+    roi_context: float = 0.25  # "roi": the crop box grows by this fraction of its size on every side
     hidden: int = 128  # conv / MLP width
+
+
+@dataclass
+class TokenAuxConfig:
+    """Dense auxiliary targets on the image tokens (training only; off when ``attributes`` is empty).
+
+    Each image token is a cell of the square token grid. A linear read-out of the LM's last-layer
+    state at that token predicts, per attribute group, the word of (a) the object whose box
+    centre lies in the cell and (b) the object covering most of the cell, or "none". Labels are
+    matched word by word (ShapesRef labels are "size colour shape"); a sample whose labels lack a
+    group's word is ignored for that group. This makes the image tokens carry object identity,
+    which the LM needs to enumerate and count.
+    """
+
+    attributes: list = field(default_factory=list)  # groups of words, e.g. [["small", "large"], ["red", ...]]
+    min_cover: float = 0.2  # fraction of a cell an object must cover to be its "cover" target
 
 
 @dataclass
@@ -103,6 +122,7 @@ class LossWeights:
     box_l1: float = 1.0
     box_giou: float = 0.5
     click: float = 0.5  # click-to-mask auxiliary (BCE + Dice)
+    token_aux: float = 0.0  # dense attribute targets on image tokens (see TokenAuxConfig)
 
 
 @dataclass
@@ -113,6 +133,7 @@ class PerceptionConfig:
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     region: RegionEncoderConfig = field(default_factory=RegionEncoderConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    token_aux: TokenAuxConfig = field(default_factory=TokenAuxConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     max_new_tokens: int = 96  # generation cap per answer
     output_mode: str = "perception"  # "perception" (<loc> states -> heads) | "text_box" (baseline: boxes written as text, no masks; perception/baseline.py)
@@ -177,6 +198,7 @@ class TrainConfig:
     """A training run: ``python -m perception train --config configs/NAME.yaml``."""
 
     model: str = "tiny"  # preset name or checkpoint folder to start from
+    init_from: Optional[str] = None  # warm start: copy every same-named, same-shaped tensor from this checkpoint folder
     output_dir: str = "runs/tiny"
     seed: int = 0
     steps: int = 10000

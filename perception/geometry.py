@@ -157,3 +157,44 @@ def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
     cx, cy, w, h = b.unbind(-1)
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+# --- model-frame tensors (region encoder, token targets) ---------------------------------------
+def boxes_of_masks(masks: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tight normalised model-frame boxes of (R, M, M) masks -> (boxes (R, 4), non_empty (R,) bool).
+
+    A mask covering columns c0..c1 gives x1 = c0 / M, x2 = (c1 + 1) / M. Empty masks give zeros.
+    """
+    fg = masks > threshold
+    R, Mh, Mw = fg.shape
+    cols, rows = fg.any(1), fg.any(2)  # (R, Mw), (R, Mh)
+    ar_w = torch.arange(Mw, device=masks.device)
+    ar_h = torch.arange(Mh, device=masks.device)
+    x1 = torch.where(cols, ar_w, Mw).min(1).values
+    x2 = torch.where(cols, ar_w, -1).max(1).values + 1
+    y1 = torch.where(rows, ar_h, Mh).min(1).values
+    y2 = torch.where(rows, ar_h, -1).max(1).values + 1
+    ok = cols.any(1)
+    boxes = torch.stack([x1 / Mw, y1 / Mh, x2 / Mw, y2 / Mh], -1).float()
+    return torch.where(ok[:, None], boxes, torch.zeros_like(boxes)), ok
+
+
+def context_boxes(boxes: torch.Tensor, context: float, min_side: float = 1 / 16) -> torch.Tensor:
+    """Grow (R, 4) normalised corner boxes by ``context`` x their size on every side, to at least
+    ``min_side`` per side, about the same centre (may extend past the frame: crops pad with 0)."""
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = ((boxes[:, 2:] - boxes[:, :2]) * (0.5 + context)).clamp(min=min_side / 2)
+    return torch.cat([c - half, c + half], -1)
+
+
+def roi_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear crops of (R, C, h, w) model-frame maps inside (R, 4) normalised corner boxes ->
+    (R, C, size, size). The box edges map to the crop's outer pixel edges; outside the frame is 0."""
+    x1, y1, x2, y2 = boxes.float().unbind(-1)
+    theta = torch.zeros(boxes.shape[0], 2, 3, device=x.device)
+    theta[:, 0, 0] = x2 - x1
+    theta[:, 0, 2] = x1 + x2 - 1
+    theta[:, 1, 1] = y2 - y1
+    theta[:, 1, 2] = y1 + y2 - 1
+    grid = F.affine_grid(theta, (boxes.shape[0], x.shape[1], size, size), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)

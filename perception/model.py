@@ -18,7 +18,9 @@ from torch import nn
 from perception import losses as L
 from perception.backbone import build_backbone
 from perception.config import PerceptionConfig
+from perception.geometry import boxes_of_masks, context_boxes
 from perception.heads import BoxHead, RegionEncoder, build_mask_head
+from perception.heads.token_aux import TokenAuxHead
 from perception.prompting import IGNORE, PromptEncoder
 
 
@@ -80,6 +82,12 @@ class PerceptionModel(nn.Module):
         feat_dim = config.mask_head.dim
         self.box_head = BoxHead(config.box_head, D)
         self.region_encoder = RegionEncoder(config.region, D, feat_dim)
+        if config.token_aux.attributes:
+            g = int(round(self.backbone.num_image_tokens ** 0.5))
+            if g * g != self.backbone.num_image_tokens:
+                raise ValueError(f"token_aux needs a square image-token grid; this backbone has {self.backbone.num_image_tokens} tokens")
+            self.token_grid = g
+            self.token_aux = TokenAuxHead(config.token_aux, D)
 
     def _map_channels(self) -> dict:
         with torch.no_grad():
@@ -125,6 +133,12 @@ class PerceptionModel(nn.Module):
                 clicked = torch.where(keep[sel][:, None, None], masks[sel], clicked)
             masks = masks.clone()
             masks[sel] = clicked
+            # a click's box is its mask's tight box (a small box around the click when the mask is empty)
+            pbox, ok = boxes_of_masks(clicked)
+            around = context_boxes(regions["points"][sel].repeat(1, 2).float(), 0.0, min_side=0.1)
+            boxes = regions["boxes"].clone()
+            boxes[sel] = torch.where(ok[:, None], pbox, around).to(boxes.dtype)
+            regions = {**regions, "boxes": boxes}
         pixels = state.mask.pixels[regions["bidx"]]
         return self.region_encoder(regions["is_box"], regions["boxes"], masks, pixels)
 
@@ -168,6 +182,13 @@ class PerceptionModel(nn.Module):
             out["box_l1"], out["box_giou"] = L.box_l1_giou(boxes, batch["loc_boxes"].float())
             total = total + w.mask_bce * out["mask_bce"] + w.mask_dice * out["mask_dice"]
             total = total + w.box_l1 * out["box_l1"] + w.box_giou * out["box_giou"]
+        targets = batch.get("token_targets")
+        if targets is not None and hasattr(self, "token_aux") and w.token_aux:
+            is_img = batch["input_ids"] == self.prompts.image_id
+            rows = is_img.any(1)
+            img_states = hidden[is_img].reshape(int(rows.sum()), -1, hidden.shape[-1])
+            out["token_aux"] = self.token_aux.loss(img_states, targets[rows])
+            total = total + w.token_aux * out["token_aux"]
         clicks = batch.get("clicks")
         if clicks is not None and len(clicks["bidx"]):
             clog = self.mask_head.from_points(state.mask, clicks["points"], clicks["bidx"])

@@ -4,7 +4,8 @@
   Conv stem (160 px, stride 2..16) -> 100 image tokens -> Llama (h256, 4 layers); mask from the
   dot-product head (SAM's last stage) over stride-2 per-pixel features; the reported box is the
   box of the mask blob around its peak (MLPs on one vector do not learn to localise from scratch
-  in a CPU budget: docs/RESULTS.md). The MLP box head is still trained.
+  in a CPU budget: docs/RESULTS.md). The MLP box head is still trained. Region encoder on an
+  ROI crop; dense attribute targets on the image tokens (ShapesRef's size/colour/shape words).
 - ``tiny-llava``: LlavaForConditionalGeneration built from a tiny config (tests; same code as 7B).
 - ``llava-1.5-7b`` / ``llava-1.5-13b`` (+ SAM ViT-H, or ``-sam-vit-b``/``-sam-vit-l``): GPU presets;
   LoRA r=16 on the LM's q/v, the paper's MLP box head, segment-anything's MaskDecoder.
@@ -17,9 +18,11 @@ from __future__ import annotations
 from perception.config import (
     BackboneConfig,
     BoxHeadConfig,
+    LossWeights,
     LoraSettings,
     MaskHeadConfig,
     PerceptionConfig,
+    TokenAuxConfig,
 )
 
 
@@ -29,7 +32,15 @@ def _tiny() -> PerceptionConfig:
         backbone=BackboneConfig(kind="stem-llama", image_size=160, resize_mode="stretch"),
         mask_head=MaskHeadConfig(kind="dot", dim=64, refine_layers=1),
         box_head=BoxHeadConfig(source="mask"),
+        token_aux=TokenAuxConfig(attributes=_shapesref_attributes()),
+        loss=LossWeights(token_aux=0.5),
     )
+
+
+def _shapesref_attributes() -> list:
+    from perception.data.shapesref import COLORS, SHAPES, SIZES
+
+    return [list(SIZES), list(COLORS), list(SHAPES)]
 
 
 def _tiny_llava() -> PerceptionConfig:

@@ -78,6 +78,8 @@ def build_model(tc: TrainConfig):
             apply_lora(model)
         if cfg.mask_head.kind == "sam" and cfg.mask_head.sam_checkpoint:
             model.mask_head.load_sam_checkpoint(cfg.mask_head.sam_checkpoint)  # clear error when missing
+        if tc.init_from:
+            warm_start(model, tc.init_from)
         return model
     return from_pretrained(tc.model).train()
 
@@ -153,6 +155,29 @@ def save_checkpoint(model, opt, step: int, tc: TrainConfig, out: Path) -> Path:
     for old in ckpts[: -tc.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def warm_start(model, folder) -> dict:
+    """Copy every tensor of checkpoint ``folder`` whose name and shape the model shares; the rest of
+    the model keeps its fresh initialisation. Prints and returns what was copied / left fresh / skipped."""
+    from perception.checkpoint import INDEX_NAME, load_sharded
+
+    state = load_sharded(Path(folder), INDEX_NAME)
+    own = model.state_dict()
+    copied = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(copied, strict=False)
+    report = {
+        "copied": len(copied),
+        "fresh": sorted(k for k in own if k not in copied),
+        "skipped": sorted(k for k in state if k not in copied),
+    }
+    print(f"warm start from {folder}: {report['copied']} tensors copied; fresh: {len(report['fresh'])} "
+          f"{_prefixes(report['fresh'])}; skipped: {len(report['skipped'])} {_prefixes(report['skipped'])}")
+    return report
+
+
+def _prefixes(keys) -> list:
+    return sorted({".".join(k.split(".")[:2]) for k in keys})
 
 
 def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:

@@ -127,7 +127,7 @@ def check_turn(sample: Sample, turn: Turn) -> None:
         listing = ", ".join(grounded(f"the {sample.labels[i]}") for i in match)
         assert turn.targets == match
         if turn.task == "count":
-            assert turn.assistant == f"{len(match)}: {listing}" and turn.expect == [str(len(match))]
+            assert turn.assistant == f"{listing}: {len(match)} in total" and turn.expect == [str(len(match))]
         else:
             assert turn.assistant == listing
     else:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from perception.data.sample import Sample
+from perception.data.token_targets import token_targets
 from perception.geometry import ImageFrame, box_from_mask
 from perception.processing import backbone_pixels, mask_side, sam_pixels
 from perception.prompting import IGNORE, PromptEncoder
@@ -43,12 +44,17 @@ class Collator:
         reg = {k: [] for k in ("bidx", "is_box", "is_point", "boxes", "masks", "points", "use_mask")}
         clk = {"bidx": [], "points": [], "masks": []}
         pixels, sam = [], []
+        aux = cfg.token_aux if cfg.token_aux.attributes and cfg.loss.token_aux else None
+        tok_t = []
         for b, s in enumerate(samples):
             W, H = s.image.size
             frame = ImageFrame(W, H, cfg.backbone.image_size, cfg.backbone.resize_mode)
             pixels.append(backbone_pixels(s.image, cfg.backbone))
             if cfg.mask_head.kind == "sam" and cfg.mask_head.sam_variant:
                 sam.append(sam_pixels(s.image, cfg.mask_head.sam_image_size))
+            if aux is not None:
+                grid = int(round(self.prompts.n_image ** 0.5))
+                tok_t.append(token_targets(s.labels, s.masks, s.boxes, frame, grid, aux.attributes, aux.min_cover))
             enc = self.prompts.encode([(t.user, t.assistant) for t in s.turns])
             ids.append(enc.input_ids)
             labels.append(enc.labels)
@@ -76,6 +82,8 @@ class Collator:
             "regions": _stack(reg) if reg["bidx"] else None,
             "clicks": _stack(clk) if clk["bidx"] else None,
         }
+        if tok_t:
+            batch["token_targets"] = torch.stack(tok_t)
         if sam:
             batch["mask_pixel_values"] = torch.stack(sam)
         return batch

@@ -501,7 +501,8 @@ def make_turn(scene: Scene, rng: np.random.Generator, task: str, region_kind: st
             user = f"{_choice(rng, ALL_VERBS)} all the {noun}{_punct(rng)}"
             return Turn(user=user, assistant=listing, targets=idx, task=task)
         n = len(idx)
-        return Turn(user=f"How many {noun} are there?", assistant=f"{n}: {listing}", targets=idx,
+        # ground first, then count what was grounded: the number follows from the listing
+        return Turn(user=f"How many {noun} are there?", assistant=f"{listing}: {n} in total", targets=idx,
                     task=task, expect=[str(n)])
     if task in ("region_what", "region_describe", "region_color", "region_shape", "click_seg"):
         i = int(rng.integers(len(objs)))

@@ -1,0 +1,111 @@
+"""The tiny recipe's parts: dense token targets, ROI region crops, click boxes, warm start."""
+
+import numpy as np
+import pytest
+import torch
+
+from perception.data.token_targets import IGNORE, token_targets
+from perception.geometry import ImageFrame, boxes_of_masks, context_boxes, roi_crop
+
+ATTRS = [["small", "large"], ["red", "blue"], ["circle", "square"]]
+
+
+def _two_objects():
+    """A 40 x 40 image on a 4 x 4 token grid (cells of 10 px): a large red square covering cells
+    (row 0-1, col 0-1) and a small blue circle inside cell (row 3, col 3)."""
+    masks = np.zeros((2, 40, 40), bool)
+    masks[0, 0:20, 0:20] = True
+    masks[1, 32:38, 32:38] = True
+    boxes = np.array([[0, 0, 20, 20], [32, 32, 38, 38]], float)
+    return ["large red square", "small blue circle"], masks, boxes
+
+
+def test_token_targets_centre_and_cover():
+    labels, masks, boxes = _two_objects()
+    t = token_targets(labels, masks, boxes, ImageFrame(40, 40, 160), 4, ATTRS, min_cover=0.2)
+    assert t.shape == (16, 6)
+    centre, cover = t[:, :3], t[:, 3:]
+    # the square's centre (10, 10) lies in cell row 1, col 1 = token 5; the circle's (35, 35) in token 15
+    assert centre[5].tolist() == [2, 1, 2] and centre[15].tolist() == [1, 2, 1]
+    assert (centre.sum(1) > 0).sum() == 2
+    # cover: the square covers tokens 0, 1, 4, 5 fully; the circle 36% of token 15
+    assert all(cover[i].tolist() == [2, 1, 2] for i in (0, 1, 4, 5))
+    assert cover[15].tolist() == [1, 2, 1]
+    assert (cover.sum(1) > 0).sum() == 5
+
+
+def test_token_targets_unknown_words_are_ignored():
+    labels, masks, boxes = _two_objects()
+    t = token_targets(["large red square", "a dog"], masks, boxes, ImageFrame(40, 40, 160), 4, ATTRS)
+    assert (t == IGNORE).all(), "a label without the group's word makes the whole group unknown"
+    empty = token_targets([], np.zeros((0, 40, 40), bool), np.zeros((0, 4)), ImageFrame(40, 40, 160), 4, ATTRS)
+    assert (empty == 0).all(), "no objects: every cell is 'none'"
+
+
+def test_boxes_of_masks_and_roi_crop():
+    m = torch.zeros(2, 64, 64)
+    m[0, 10:20, 30:50] = 1
+    boxes, ok = boxes_of_masks(m)
+    assert ok.tolist() == [True, False]
+    assert torch.allclose(boxes[0] * 64, torch.tensor([30.0, 10.0, 50.0, 20.0]))
+    assert boxes[1].abs().sum() == 0
+    crop = roi_crop(m[:1, None], boxes[:1], 8)
+    assert crop.shape == (1, 1, 8, 8) and torch.allclose(crop, torch.ones_like(crop)), "the box's crop is all mask"
+    grown = context_boxes(boxes[:1], 0.25)
+    assert torch.allclose(grown * 64, torch.tensor([[25.0, 7.5, 55.0, 22.5]]))
+    tiny = context_boxes(torch.tensor([[0.5, 0.5, 0.5, 0.5]]), 0.0, min_side=0.1)
+    assert torch.allclose(tiny, torch.tensor([[0.45, 0.45, 0.55, 0.55]]))
+
+
+def test_roi_region_encoder_sees_shape_of_small_objects(tiny_model):
+    """Two small masks of different shape at the same place give different ROI crops (the
+    whole-frame 32 x 32 view of the old encoder made them nearly identical)."""
+    side = 64
+    a = torch.zeros(side, side)
+    a[30:34, 30:34] = 1  # a 4 x 4 square
+    b = torch.zeros(side, side)
+    b[30:34, 31:33] = 1
+    b[31:33, 30:34] = 1  # a plus sign in the same box
+    boxes, _ = boxes_of_masks(torch.stack([a, b]))
+    crops = roi_crop(torch.stack([a, b])[:, None], context_boxes(boxes, 0.25), 16)
+    assert (crops[0] - crops[1]).abs().sum() > 5
+    enc = tiny_model.region_encoder
+    pixels = torch.zeros(2, tiny_model.config.mask_head.dim, 80, 80)
+    out = enc(torch.tensor([False, False]), boxes, torch.stack([a, b]), pixels)
+    assert out.shape == (2, tiny_model.backbone.hidden_size)
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_model_trains_token_aux(tiny_model, tiny_tokenizer):
+    from perception.data.collate import Collator
+    from perception.data.shapesref import make_sample
+
+    col = Collator(tiny_model.config, tiny_tokenizer, tiny_model.backbone.num_image_tokens)
+    batch = col([make_sample(s, tasks=["count"]) for s in (1, 2)])
+    assert batch["token_targets"].shape == (2, 100, 6)
+    out = tiny_model(batch)
+    assert "token_aux" in out and torch.isfinite(out["token_aux"]) and out["token_aux"] > 0
+
+
+def test_warm_start_copies_shared_tensors(tmp_path):
+    from perception.checkpoint import save_pretrained
+    from perception.config import TrainConfig
+    from perception.train import build_model
+
+    small = {"backbone": {"text": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
+                          "stem": {"channels": [8, 16, 32, 48], "token_grid": 10}},
+             "mask_head": {"dim": 32}}
+    old = build_model(TrainConfig.from_dict({"model": "tiny", "model_overrides": {**small, "region": {"mode": "frame"}}}))
+    save_pretrained(old, tmp_path / "old")
+    new = build_model(TrainConfig.from_dict({"model": "tiny", "init_from": str(tmp_path / "old"), "model_overrides": small}))
+    assert torch.equal(new.backbone.stem.stages[0][0].weight, old.backbone.stem.stages[0][0].weight)
+    assert torch.equal(new.region_encoder.box_mlp[0].weight, old.region_encoder.box_mlp[0].weight)
+    assert hasattr(new.region_encoder, "roi_cnn") and not hasattr(new.region_encoder, "mask_cnn")
+
+
+def test_region_mode_is_checked():
+    from perception.config import RegionEncoderConfig
+    from perception.heads import RegionEncoder
+
+    with pytest.raises(ValueError, match="region.mode"):
+        RegionEncoder(RegionEncoderConfig(mode="crop"), 64, 32)
