@@ -24,7 +24,9 @@ def main(argv=None) -> None:
     Serves on http://127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise.
     """
     from app import model
+    from app.allocator import limit_malloc_arenas
 
+    limit_malloc_arenas()  # before the model and Gradio's worker threads allocate
     p = argparse.ArgumentParser(description="PerceptionGPT chat demo (Gradio)")
     p.add_argument("--model", default=model.settings()["model"],
                    help="preset name (tiny), checkpoint folder or Hugging Face hub id (default: %(default)s)")

@@ -182,6 +182,9 @@ def launch(demo: gr.Blocks, **kwargs):
 
     Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860).
     """
+    from app.allocator import limit_malloc_arenas
+
+    limit_malloc_arenas()  # idempotent; main() calls it earlier
     opts = dict(
         max_file_size=model.limits().max_upload_bytes,
         allowed_paths=[str(h.EXAMPLES_DIR)],  # the example gallery, wherever the app is started from

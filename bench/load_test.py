@@ -3,7 +3,8 @@
     python bench/load_test.py [--users 16] [--seconds 60] [--model tiny] [--url http://127.0.0.1:PORT/]
                               [--out bench/results/load_test.json]
 
-Starts the app in-process on 127.0.0.1 (or connects to --url, which must be local) and runs N
+Starts the app as its own server process on 127.0.0.1 (``python app.py``, as deployed; or in this
+process with --in-process, or connects to --url, which must be local) and runs N
 gradio_client users at once, each in its own thread with its OWN ShapesRef scene (its own seed,
 saved as a PNG), its own regions and its own multi-turn history (each answer's history is passed
 back on the next turn). A user's loop: /chat with a grounding question from
@@ -22,7 +23,8 @@ Checked on every answer:
   catches any mix-up between concurrent users whatever the model's quality.
 Reported: p50/p95 latency (client wall time, queueing included), requests per second, and the
 server process's RSS from after a warm-up wave (one request per user) to the end (target < 25 %
-growth; in-process, the RSS includes the client threads, which hold little).
+growth). With --in-process the RSS also holds the 16 gradio_client users (their downloads,
+histories and HTTP clients), which is not the server's memory: the default measures the server alone.
 """
 
 from __future__ import annotations
@@ -234,6 +236,45 @@ def start_app(model_name: str, device: str = "cpu"):
     return f"http://127.0.0.1:{port}/", demo.close
 
 
+def start_server_process(model_name: str, device: str = "cpu", log_dir: Path | None = None):
+    """``python app.py`` as its own process on 127.0.0.1 -> (url, psutil.Process, close)."""
+    import subprocess
+    import urllib.request
+
+    import psutil
+
+    port = _free_port()
+    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False")
+    log = open(Path(log_dir or tempfile.gettempdir()) / f"load-test-server-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", model_name, "--device", device],
+                            cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+
+    def close():
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            close()
+            raise RuntimeError(f"the app exited with code {proc.returncode} before serving; see {log.name}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                close()
+                raise RuntimeError(f"the app did not answer on {url} within 180 s; see {log.name}")
+            time.sleep(0.5)
+    return url, psutil.Process(proc.pid), close
+
+
 def _server_process(url: str | None):
     """psutil.Process of the server: this one, or the local process listening on --url's port (or None)."""
     import psutil
@@ -274,15 +315,19 @@ def _ms(xs, q):
 
 
 def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model: str = "tiny",
-             device: str = "cpu", max_requests: int = 1000, replay_per_user: int = 1, seed: int = 40_000_000) -> dict:
+             device: str = "cpu", max_requests: int = 1000, replay_per_user: int = 1, seed: int = 40_000_000,
+             in_process: bool = False) -> dict:
     """Run the load test and return its report (see the module docstring)."""
     seconds = min(float(seconds), MAX_SECONDS)
     if url is not None and urlparse(url).hostname not in ("127.0.0.1", "localhost"):
         raise ValueError(f"--url must be a local server (127.0.0.1 or localhost); got {url}")
-    close = None
-    if url is None:
+    close, where = None, url
+    if url is None and in_process:
         url, close = start_app(model, device)
-        server = _server_process(None)
+        server, where = _server_process(None), "in-process"
+    elif url is None:
+        url, server, close = start_server_process(model, device)
+        where = "own process (python app.py)"
     else:
         server = _server_process(url)
     try:
@@ -324,7 +369,7 @@ def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model
     growth = (rss_end - rss_warm) / rss_warm if rss_warm and rss_end else None
     report = {
         "users": users, "seconds": seconds, "model": model if close else "as served",
-        "url": "in-process" if close else url,
+        "url": where,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
         "requests": len(recs), "requests_under_load": len(load),
         "requests_per_s": round(len(ok) / load_s, 2) if load_s else None,
@@ -378,7 +423,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=60, help=f"duration of the load phase (at most {MAX_SECONDS})")
-    ap.add_argument("--url", default=None, help="a running local app (default: start one in this process)")
+    ap.add_argument("--url", default=None, help="a running local app (default: start python app.py as its own process)")
+    ap.add_argument("--in-process", action="store_true", help="serve from this process (RSS then includes the clients)")
     ap.add_argument("--model", default="tiny", help="preset, checkpoint folder or hub id (in-process only)")
     ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--max-requests", type=int, default=1000, help="per user")
@@ -389,7 +435,7 @@ def main(argv=None):
         ap.error("--users must be at least 1")
     if a.url is not None and urlparse(a.url).hostname not in ("127.0.0.1", "localhost"):
         ap.error(f"--url must be a local server (127.0.0.1 or localhost); got {a.url}")
-    rep = run_load(a.users, a.seconds, a.url, a.model, a.device, a.max_requests, a.replay)
+    rep = run_load(a.users, a.seconds, a.url, a.model, a.device, a.max_requests, a.replay, in_process=a.in_process)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rep, indent=1))

@@ -1,4 +1,4 @@
-"""The load test, short: 4 concurrent gradio_client users for ~8 s on an in-process app (tiny model).
+"""The load test, short: 4 concurrent gradio_client users for ~8 s on the app in its own process (tiny model).
 
 Each user has its own scene, regions and multi-turn history; no errors, no answer or history of
 another user, and a replayed sample answered exactly as under load. The full run is
@@ -52,3 +52,13 @@ def test_four_users_no_errors_no_leaks(load_test):
     assert rep["replayed"] >= 4 and rep["replay_mismatches"] == 0
     assert all(n >= 2 for n in rep["per_user_requests"])  # everyone got a warm-up answer and a turn under load
     assert rep["max_history_messages"] >= 2  # multi-turn: histories were passed back
+
+
+def test_malloc_arena_cap(monkeypatch):
+    from app.allocator import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False, "an explicit MALLOC_ARENA_MAX must win"
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    if sys.platform.startswith("linux"):
+        assert limit_malloc_arenas() is True
