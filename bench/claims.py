@@ -74,8 +74,9 @@ EVAL_MAX_NEW = 64  # generation cap for one-object answers (a text box answer is
 LATENCY_MAX_NEW = 192  # generation cap for "all the ..." answers (5 text boxes are ~145 tokens)
 
 # The benchmark compares output representations on the base recipe (as first run at commit 16e2b76):
-# no dense token auxiliary, whole-frame region encoder; identical in both modes.
-BASE_RECIPE = {"token_aux": {"attributes": []}, "loss": {"token_aux": 0.0}, "region": {"mode": "frame"}}
+# no dense token auxiliary, whole-frame region encoder, no <loc> feedback; identical in both modes.
+BASE_RECIPE = {"token_aux": {"attributes": []}, "loss": {"token_aux": 0.0}, "region": {"mode": "frame"},
+               "loc_feedback": False}
 QUICK_OVERRIDES = {
     "backbone": {"text": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
                  "stem": {"channels": [8, 16, 32, 48], "token_grid": 10}},

@@ -136,6 +136,7 @@ class PerceptionConfig:
     token_aux: TokenAuxConfig = field(default_factory=TokenAuxConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     max_new_tokens: int = 96  # generation cap per answer
+    loc_feedback: bool = False  # each generated <loc>'s decoded mask, through the region encoder, is added to that <loc>'s input embedding (the LM sees what it grounded)
     output_mode: str = "perception"  # "perception" (<loc> states -> heads) | "text_box" (baseline: boxes written as text, no masks; perception/baseline.py)
     version: int = 1
 

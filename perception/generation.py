@@ -15,6 +15,18 @@ class Generated:
     prompt_len: int
 
 
+def _feedback(model, state, h):
+    """(1, D) state that predicted a <loc> -> (1, 1, D): the grounded object's mask (the blob around
+    the most confident pixel, as the pipeline reports it) through ``model.feedback_embeds``."""
+    from perception.geometry import blob_around_peak
+
+    bidx = torch.zeros(1, dtype=torch.long, device=h.device)
+    prob = model.mask_head.from_states(state.mask, h, bidx).sigmoid()[0]
+    blob = blob_around_peak(prob.float().cpu().numpy(), model.config.mask_head.mask_threshold)
+    mask = torch.from_numpy(blob).to(device=h.device, dtype=prob.dtype)[None]
+    return model.feedback_embeds(state, mask, bidx)[:, None]
+
+
 @torch.no_grad()
 def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_tokens: int, max_objects: int):
     """Yield each new token id; the generator's return value (StopIteration.value) is a Generated.
@@ -42,7 +54,10 @@ def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_token
             break
         n_obj += nxt == p.loc_id
         tok = torch.tensor([[nxt]], device=input_ids.device)
-        logits, hidden, past = model.backbone.forward_embeds(model.backbone.embed_tokens(tok), past_key_values=past, use_cache=True)
+        emb = model.backbone.embed_tokens(tok)
+        if nxt == p.loc_id and model.config.loc_feedback:
+            emb = emb + _feedback(model, state, hiddens[-1][-1:]).to(emb.dtype)
+        logits, hidden, past = model.backbone.forward_embeds(emb, past_key_values=past, use_cache=True)
         hiddens.append(hidden[0])
     h = torch.cat(hiddens, 0)
     if h.shape[0] < len(ids):

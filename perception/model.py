@@ -142,13 +142,30 @@ class PerceptionModel(nn.Module):
         pixels = state.mask.pixels[regions["bidx"]]
         return self.region_encoder(regions["is_box"], regions["boxes"], masks, pixels)
 
-    def embed(self, input_ids, state: ImageState, region_embeds=None):
-        """(B, T) ids -> (B, T, D) input embeddings with image and region embeddings merged."""
+    def embed(self, input_ids, state: ImageState, region_embeds=None, loc_feedback=None):
+        """(B, T) ids -> (B, T, D) input embeddings with image and region embeddings merged.
+
+        loc_feedback: optional (tuple of ``is_fed`` (K,) bool over the <loc> tokens in row-major
+        order, embeddings (F, D) for the fed ones), added to those <loc> input embeddings.
+        """
         emb = self.backbone.embed_tokens(input_ids)
         has_image = (input_ids == self.prompts.image_id).any(1)
         img = state.visual.tokens[has_image].reshape(-1, emb.shape[-1]) if has_image.any() else None
         emb = merge_embeddings(emb, input_ids, self.prompts.image_id, img, "image")
+        if loc_feedback is not None and loc_feedback[1].shape[0]:
+            is_fed, fb = loc_feedback
+            pos = (input_ids == self.loc_id).nonzero(as_tuple=True)
+            b, t = pos[0][is_fed], pos[1][is_fed]
+            emb = emb.index_put((b, t), fb.to(emb.dtype), accumulate=True)
         return merge_embeddings(emb, input_ids, self.prompts.region_id, region_embeds, "region")
+
+    def feedback_embeds(self, state: ImageState, masks, bidx):
+        """(K, h, w) object masks in [0, 1] (model frame) of images ``bidx`` -> (K, D) embeddings
+        added to their <loc> tokens' inputs (``config.loc_feedback``): the region encoder reads
+        the object the model just grounded, so later tokens know which one it was."""
+        boxes, _ = boxes_of_masks(masks)
+        no_box = torch.zeros(masks.shape[0], dtype=torch.bool, device=masks.device)
+        return self.region_encoder(no_box, boxes, masks.float(), state.mask.pixels[bidx])
 
     # --- decoding states into objects ---------------------------------------------------------
     def decode_states(self, state: ImageState, states, bidx):
@@ -166,7 +183,13 @@ class PerceptionModel(nn.Module):
         w = self.config.loss
         state = self.encode_images(batch["pixel_values"], batch.get("mask_pixel_values"))
         region_embeds = self.encode_regions(state, batch.get("regions"))
-        emb = self.embed(batch["input_ids"], state, region_embeds)
+        feedback = None
+        fed = batch.get("loc_fed")  # (K,) bool: <loc>s of each sample's last answer (as generation feeds them)
+        if self.config.loc_feedback and fed is not None and bool(fed.any()):
+            bidx_all = (batch["input_ids"] == self.loc_id).nonzero(as_tuple=True)[0]
+            fb = self.feedback_embeds(state, batch["loc_masks"][fed].to(state.mask.pixels.dtype), bidx_all[fed])
+            feedback = (fed, fb)
+        emb = self.embed(batch["input_ids"], state, region_embeds, feedback)
         logits, hidden, _ = self.backbone.forward_embeds(emb, batch.get("attention_mask"))
         labels = batch["labels"]
         out = {}

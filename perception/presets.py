@@ -34,6 +34,7 @@ def _tiny() -> PerceptionConfig:
         box_head=BoxHeadConfig(source="mask"),
         token_aux=TokenAuxConfig(attributes=_shapesref_attributes()),
         loss=LossWeights(token_aux=0.5),
+        loc_feedback=True,
     )
 
 

@@ -40,7 +40,7 @@ class Collator:
 
             samples = [to_text_boxes(s, cfg.backbone) for s in samples]
         ids, labels = [], []
-        loc_masks, loc_boxes = [], []
+        loc_masks, loc_boxes, loc_fed = [], [], []
         reg = {k: [] for k in ("bidx", "is_box", "is_point", "boxes", "masks", "points", "use_mask")}
         clk = {"bidx": [], "points": [], "masks": []}
         pixels, sam = [], []
@@ -58,8 +58,9 @@ class Collator:
             enc = self.prompts.encode([(t.user, t.assistant) for t in s.turns])
             ids.append(enc.input_ids)
             labels.append(enc.labels)
-            for t in s.turns:
+            for ti, t in enumerate(s.turns):
                 for k in t.targets:
+                    loc_fed.append(ti == len(s.turns) - 1)  # generation feeds back only the answer being written
                     loc_masks.append(frame.mask_to_model(s.masks[k], self.side))
                     loc_boxes.append(torch.tensor(frame.boxes_to_model(s.boxes[k]), dtype=torch.float32))
             for ti, n in enc.region_order:
@@ -79,6 +80,7 @@ class Collator:
             "attention_mask": torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x in ids]),
             "loc_masks": torch.stack(loc_masks) if loc_masks else torch.zeros(0, self.side, self.side),
             "loc_boxes": torch.stack(loc_boxes) if loc_boxes else torch.zeros(0, 4),
+            "loc_fed": torch.tensor(loc_fed, dtype=torch.bool),
             "regions": _stack(reg) if reg["bidx"] else None,
             "clicks": _stack(clk) if clk["bidx"] else None,
         }
