@@ -1,4 +1,8 @@
-"""Training curves from ``metrics.jsonl`` as PNG: ``python -m perception.plots RUN_DIR [--out PNG]``."""
+"""Training curves from ``metrics.jsonl`` as PNG: ``python -m perception.plots RUN_DIR [RUN_DIR ...] [--out PNG]``.
+
+Several run folders are stages of one model (each warm-started from the previous one): they are
+drawn one after another on one step axis, with a dashed line where a stage begins.
+"""
 
 from __future__ import annotations
 
@@ -25,19 +29,38 @@ def smooth(x, k: int = 50):
     return (c[k:] - c[:-k]) / k
 
 
+def read_stages(run_dirs) -> tuple[list, list, list]:
+    """Metrics of consecutive stages on one step axis -> (rows, evals, stage start steps)."""
+    rows, evals, starts, offset = [], [], [], 0
+    for d in run_dirs:
+        r, e = read_metrics(d)
+        starts.append(offset)
+        rows += [{**x, "step": x["step"] + offset} for x in r]
+        evals += [{**x, "step": x["step"] + offset} for x in e]
+        offset += max((x["step"] for x in r), default=0)
+    return rows, evals, starts
+
+
 def plot_run(run_dir, out=None, title=None) -> Path:
+    """run_dir: one folder, or a list of stage folders in order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, evals = read_metrics(run_dir)
+    dirs = [run_dir] if isinstance(run_dir, (str, Path)) else list(run_dir)
+    rows, evals, starts = read_stages(dirs)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     steps = np.array([r["step"] for r in rows])
-    for key in ("ce", "mask_bce", "mask_dice", "click", "box_giou"):
+    for key in ("ce", "mask_bce", "mask_dice", "click", "box_giou", "token_aux"):
         vals = [r.get(key, np.nan) for r in rows]
+        if np.all(np.isnan(vals)):
+            continue
         s = smooth(vals)
         axes[0].plot(steps[len(steps) - len(s):], s, label=key)
+    for ax in axes:
+        for x in starts[1:]:
+            ax.axvline(x, color="grey", ls="--", lw=1)
     axes[0].set_xlabel("step"); axes[0].set_ylabel("training loss (moving mean, 50 steps)")
     axes[0].set_yscale("log"); axes[0].legend(); axes[0].grid(alpha=0.3)
     if evals:
@@ -46,9 +69,9 @@ def plot_run(run_dir, out=None, title=None) -> Path:
             axes[1].plot(es, [e["eval"].get(key, np.nan) for e in evals], marker="o", label=key)
         axes[1].set_ylim(0, 1.02); axes[1].legend(fontsize=8, ncol=2)
     axes[1].set_xlabel("step"); axes[1].set_ylabel("held-out ShapesRef metric"); axes[1].grid(alpha=0.3)
-    fig.suptitle(title or f"training curves: {run_dir}")
+    fig.suptitle(title or f"training curves: {' + '.join(map(str, dirs))}")
     fig.tight_layout()
-    out = Path(out or Path(run_dir) / "curves.png")
+    out = Path(out or Path(dirs[-1]) / "curves.png")
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
@@ -56,7 +79,7 @@ def plot_run(run_dir, out=None, title=None) -> Path:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="+", help="run folder(s); several = consecutive stages")
     p.add_argument("--out", default=None)
     p.add_argument("--title", default=None)
     a = p.parse_args(argv)

@@ -44,7 +44,8 @@ class Collator:
         reg = {k: [] for k in ("bidx", "is_box", "is_point", "boxes", "masks", "points", "use_mask")}
         clk = {"bidx": [], "points": [], "masks": []}
         pixels, sam = [], []
-        aux = cfg.token_aux if cfg.token_aux.attributes and cfg.loss.token_aux else None
+        # dense token targets; the text_box baseline trains on cross-entropy only
+        aux = cfg.token_aux if cfg.token_aux.attributes and cfg.loss.token_aux and cfg.output_mode != "text_box" else None
         tok_t = []
         for b, s in enumerate(samples):
             W, H = s.image.size
