@@ -102,7 +102,9 @@ class Accumulator:
         self.ground = defaultdict(lambda: {"iou": [], "miou": [], "inter": [], "union": []})
         self.multi = {"match": 0, "pred": 0, "gt": 0}
         self.region = []
+        self.region_by = defaultdict(list)  # "question:region_what", "kind:point", ... -> hits
         self.count = []
+        self.count_answered = []  # the number the answer states (None: no number)
         self.click = []
         self.click_chat = []
         self.latency = []
@@ -134,8 +136,13 @@ class Accumulator:
             if task == "count":
                 nums = [int(x) for x in __import__("re").findall(r"\d+", answer.text)]
                 self.count.append(bool(nums) and nums[0] == len(turn.targets))
+                self.count_answered.append((len(turn.targets), nums[0] if nums else None))
         elif task.startswith("region_"):
-            self.region.append(M.contains_words(answer.text, turn.expect))
+            hit = M.contains_words(answer.text, turn.expect)
+            self.region.append(hit)
+            self.region_by[f"question:{task}"].append(hit)
+            if turn.regions:
+                self.region_by[f"kind:{turn.regions[0].kind}"].append(hit)
 
     def report(self) -> dict:
         rep = {"grounding": {}}
@@ -147,8 +154,11 @@ class Accumulator:
                 all_iou += g["iou"]; all_miou += g["miou"]; all_i += g["inter"]; all_u += g["union"]
         rep["grounding"]["overall"] = {"n": len(all_iou), "acc@0.5": M.acc_at(all_iou), "mIoU": M.miou(all_miou), "cIoU": M.ciou(all_i, all_u)}
         rep["multi_object"] = {"n_gt": self.multi["gt"], **M.prf(self.multi["match"], self.multi["pred"], self.multi["gt"])}
-        rep["region_accuracy"] = {"n": len(self.region), "accuracy": float(np.mean(self.region)) if self.region else 0.0}
-        rep["counting_accuracy"] = {"n": len(self.count), "accuracy": float(np.mean(self.count)) if self.count else 0.0}
+        rep["region_accuracy"] = {"n": len(self.region), "accuracy": float(np.mean(self.region)) if self.region else 0.0,
+                                  "by": {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(self.region_by.items())}}
+        rep["counting_accuracy"] = {"n": len(self.count), "accuracy": float(np.mean(self.count)) if self.count else 0.0,
+                                    "answered_1": float(np.mean([a == 1 for _, a in self.count_answered])) if self.count_answered else 0.0,
+                                    "truth_1": float(np.mean([t == 1 for t, _ in self.count_answered])) if self.count_answered else 0.0}
         rep["click_mIoU"] = {"n": len(self.click), "mIoU": M.miou(self.click)}
         rep["latency_ms_median"] = 1000 * statistics.median(self.latency) if self.latency else 0.0
         return rep
@@ -176,7 +186,12 @@ def format_table(rep: dict) -> str:
     m = rep["multi_object"]
     lines.append(f"| multi-object P / R / F1 (objects={m['n_gt']}) | {m['precision']:.3f} / {m['recall']:.3f} / {m['f1']:.3f} |")
     lines.append(f"| region-question accuracy (n={rep['region_accuracy']['n']}) | {rep['region_accuracy']['accuracy']:.3f} |")
-    lines.append(f"| counting accuracy (n={rep['counting_accuracy']['n']}) | {rep['counting_accuracy']['accuracy']:.3f} |")
+    for k, v in rep["region_accuracy"].get("by", {}).items():
+        lines.append(f"| — {k.replace(':', ' ')} (n={v['n']}) | {v['accuracy']:.3f} |")
+    c = rep["counting_accuracy"]
+    lines.append(f"| counting accuracy (n={c['n']}) | {c['accuracy']:.3f} |")
+    if "answered_1" in c:
+        lines.append(f"| — answers that say 1 / questions whose count is 1 | {c['answered_1']:.3f} / {c['truth_1']:.3f} |")
     lines.append(f"| click-segmentation mIoU (n={rep['click_mIoU']['n']}) | {rep['click_mIoU']['mIoU']:.3f} |")
     lines.append(f"| median latency per turn | {rep['latency_ms_median']:.1f} ms |")
     return "\n".join(lines)
