@@ -53,11 +53,11 @@ def plot_run(run_dir, out=None, title=None) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     steps = np.array([r["step"] for r in rows])
     for key in ("ce", "mask_bce", "mask_dice", "click", "box_giou", "token_aux"):
-        vals = [r.get(key, np.nan) for r in rows]
-        if np.all(np.isnan(vals)):
+        have = [i for i, r in enumerate(rows) if key in r]  # a loss part may exist in some stages only
+        if not have:
             continue
-        s = smooth(vals)
-        axes[0].plot(steps[len(steps) - len(s):], s, label=key)
+        s = smooth([rows[i][key] for i in have])
+        axes[0].plot(steps[have][len(have) - len(s):], s, label=key)
     for ax in axes:
         for x in starts[1:]:
             ax.axvline(x, color="grey", ls="--", lw=1)
