@@ -86,7 +86,6 @@ class PerceptionModel(nn.Module):
             g = int(round(self.backbone.num_image_tokens ** 0.5))
             if g * g != self.backbone.num_image_tokens:
                 raise ValueError(f"token_aux needs a square image-token grid; this backbone has {self.backbone.num_image_tokens} tokens")
-            self.token_grid = g
             self.token_aux = TokenAuxHead(config.token_aux, D)
 
     def _map_channels(self) -> dict:

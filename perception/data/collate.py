@@ -28,6 +28,7 @@ class Collator:
         self.prompts = PromptEncoder(tokenizer, num_image_tokens)
         self.side = mask_side(config)
         self.region_side = config.region.mask_size * 2
+        self.token_grid = int(round(num_image_tokens ** 0.5))  # image tokens form a square grid (token targets)
         self.clicks_per_image = 0 if config.output_mode == "text_box" else clicks_per_image  # baseline: no click auxiliary
         self.click_teacher = click_teacher
         self.rng = np.random.default_rng(seed)
@@ -54,8 +55,7 @@ class Collator:
             if cfg.mask_head.kind == "sam" and cfg.mask_head.sam_variant:
                 sam.append(sam_pixels(s.image, cfg.mask_head.sam_image_size))
             if aux is not None:
-                grid = int(round(self.prompts.n_image ** 0.5))
-                tok_t.append(token_targets(s.labels, s.masks, s.boxes, frame, grid, aux.attributes, aux.min_cover))
+                tok_t.append(token_targets(s.labels, s.masks, s.boxes, frame, self.token_grid, aux.attributes, aux.min_cover))
             enc = self.prompts.encode([(t.user, t.assistant) for t in s.turns])
             ids.append(enc.input_ids)
             labels.append(enc.labels)

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from perception.geometry import ImageFrame
-
-IGNORE = -100
+from perception.prompting import IGNORE
 
 
 def token_targets(labels: list, masks: np.ndarray, boxes: np.ndarray, frame: ImageFrame, grid: int,

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = -100
+from perception.prompting import IGNORE
+
 
 
 class TokenAuxHead(nn.Module):
