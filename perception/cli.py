@@ -13,7 +13,7 @@ def main(argv=None) -> int:
 
     t = sub.add_parser("train", help="train a model from a YAML config (single process or under torchrun)")
     t.add_argument("--config", required=True, help="configs/NAME.yaml")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields, e.g. steps=100 data.num_workers=0")
+    t.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config fields, e.g. steps=100 data.num_workers=0")
     t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config (GPU; optional dependency)")
     t.add_argument("--no-progress", action="store_true", help="hide the tqdm bar")
 
@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     e.add_argument("--device", default="auto")
     e.add_argument("--box-source", default=None, choices=["head", "mask", "mask-full"],
                    help="override the model's box source (ablation: MLP head, mask blob, whole mask)")
+    e.add_argument("--exclusive", default=None, choices=["on", "off"],
+                   help="override mask_head.exclusive: each object of an answer takes pixels no earlier one took")
 
     pr = sub.add_parser("predict", help="answer one prompt about one image")
     pr.add_argument("image")

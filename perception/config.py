@@ -65,6 +65,7 @@ class MaskHeadConfig:
     sam_encoder_depth: Optional[int] = None  # "sam": override depth (tests build tiny encoders)
     sam_encoder_dim: Optional[int] = None  # "sam": override embed dim (tests)
     mask_threshold: float = 0.5  # probability above which a pixel is in the mask
+    exclusive: bool = False  # decoding: each <loc> of an answer takes its mask from pixels no earlier <loc> of that answer took
 
 
 @dataclass
@@ -97,6 +98,10 @@ class TokenAuxConfig:
     matched word by word (ShapesRef labels are "size colour shape"); a sample whose labels lack a
     group's word is ignored for that group. This makes the image tokens carry object identity,
     which the LM needs to enumerate and count.
+
+    The same groups serve ``LossWeights.region_aux``: a linear read-out of each region embedding
+    (a user's region, and each fed-back ``<loc>``'s object) predicts that object's words, so the
+    embedding the LM reads carries the object's shape, not only its position and colour.
     """
 
     attributes: list = field(default_factory=list)  # groups of words, e.g. [["small", "large"], ["red", ...]]
@@ -123,6 +128,7 @@ class LossWeights:
     box_giou: float = 0.5
     click: float = 0.5  # click-to-mask auxiliary (BCE + Dice)
     token_aux: float = 0.0  # dense attribute targets on image tokens (see TokenAuxConfig)
+    region_aux: float = 0.0  # attribute targets on region-encoder outputs (regions and fed-back <loc>s; see TokenAuxConfig)
 
 
 @dataclass

@@ -216,6 +216,8 @@ def run_cli(args) -> int:
     pipe = perception.load_pipeline(args.model, device=args.device)
     if getattr(args, "box_source", None):
         pipe.model.config.box_head.source = args.box_source
+    if getattr(args, "exclusive", None):
+        pipe.model.config.mask_head.exclusive = args.exclusive == "on"
     if args.data == "shapesref":
         items, total = shapesref_items(args.seed, args.count), None
     elif args.data.startswith("refcoco:"):
@@ -229,6 +231,7 @@ def run_cli(args) -> int:
     rep = evaluate(pipe, items, total=total)
     rep["model"] = args.model
     rep["box_source"] = pipe.model.config.box_head.source
+    rep["exclusive"] = pipe.model.config.mask_head.exclusive
     rep["data"] = args.data if args.data != "shapesref" else {"shapesref_seed": args.seed, "scenes": args.count}
     print(format_table(rep))
     if args.out:

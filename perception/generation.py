@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -15,16 +16,22 @@ class Generated:
     prompt_len: int
 
 
-def _feedback(model, state, h):
-    """(1, D) state that predicted a <loc> -> (1, 1, D): the grounded object's mask (the blob around
-    the most confident pixel, as the pipeline reports it) through ``model.feedback_embeds``."""
+def _feedback(model, state, h, claimed):
+    """(1, D) state that predicted a <loc> -> ((1, 1, D), claimed): the grounded object's mask (the
+    blob around the most confident pixel, as the pipeline reports it) through
+    ``model.feedback_embeds``. claimed: (h, w) bool pixels earlier <loc>s of this answer took (None
+    at the first); with ``mask_head.exclusive`` they are out of this blob's reach."""
     from perception.geometry import blob_around_peak
 
     bidx = torch.zeros(1, dtype=torch.long, device=h.device)
-    prob = model.mask_head.from_states(state.mask, h, bidx).sigmoid()[0]
-    blob = blob_around_peak(prob.float().cpu().numpy(), model.config.mask_head.mask_threshold)
-    mask = torch.from_numpy(blob).to(device=h.device, dtype=prob.dtype)[None]
-    return model.feedback_embeds(state, mask, bidx)[:, None]
+    prob = model.mask_head.from_states(state.mask, h, bidx).sigmoid()[0].float().cpu().numpy()
+    if claimed is None:
+        claimed = np.zeros(prob.shape, bool)
+    if model.config.mask_head.exclusive:
+        prob = np.where(claimed, 0.0, prob)
+    blob = blob_around_peak(prob, model.config.mask_head.mask_threshold)
+    mask = torch.from_numpy(blob).to(device=h.device, dtype=state.mask.pixels.dtype)[None]
+    return model.feedback_embeds(state, mask, bidx)[:, None], claimed | blob
 
 
 @torch.no_grad()
@@ -42,6 +49,7 @@ def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_token
     T = len(ids)
     banned = [t for t in (p.image_id, p.region_id, model.tokenizer.bos_token_id, model.tokenizer.pad_token_id) if t is not None]
     n_obj = 0
+    claimed = None  # pixels this answer's <loc>s took (model frame)
     for _ in range(max_new_tokens):
         scores = logits[0, -1].float().clone()
         scores[banned] = float("-inf")
@@ -56,7 +64,8 @@ def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_token
         tok = torch.tensor([[nxt]], device=input_ids.device)
         emb = model.backbone.embed_tokens(tok)
         if nxt == p.loc_id and model.config.loc_feedback:
-            emb = emb + _feedback(model, state, hiddens[-1][-1:]).to(emb.dtype)
+            fb, claimed = _feedback(model, state, hiddens[-1][-1:], claimed)
+            emb = emb + fb.to(emb.dtype)
         logits, hidden, past = model.backbone.forward_embeds(emb, past_key_values=past, use_cache=True)
         hiddens.append(hidden[0])
     h = torch.cat(hiddens, 0)

@@ -87,6 +87,8 @@ class PerceptionModel(nn.Module):
             if g * g != self.backbone.num_image_tokens:
                 raise ValueError(f"token_aux needs a square image-token grid; this backbone has {self.backbone.num_image_tokens} tokens")
             self.token_aux = TokenAuxHead(config.token_aux, D)
+        if config.token_aux.attributes and config.loss.region_aux:
+            self.region_aux = TokenAuxHead(config.token_aux, D, copies=1)
 
     def _map_channels(self) -> dict:
         with torch.no_grad():
@@ -189,13 +191,25 @@ class PerceptionModel(nn.Module):
             fb = self.feedback_embeds(state, batch["loc_masks"][fed].to(state.mask.pixels.dtype), bidx_all[fed])
             feedback = (fed, fb)
         emb = self.embed(batch["input_ids"], state, region_embeds, feedback)
+        out = {}
+        if hasattr(self, "region_aux") and w.region_aux and "loc_attrs" in batch:
+            vecs, tgts = [], []
+            if region_embeds is not None:
+                vecs.append(region_embeds)
+                tgts.append(batch["region_attrs"])
+            if feedback is not None:
+                vecs.append(feedback[1])
+                tgts.append(batch["loc_attrs"][fed])
+            if vecs:
+                out["region_aux"] = self.region_aux.loss(torch.cat(vecs), torch.cat(tgts))
         logits, hidden, _ = self.backbone.forward_embeds(emb, batch.get("attention_mask"))
         labels = batch["labels"]
-        out = {}
         out["ce"] = nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE
         )
         total = w.ce * out["ce"]
+        if "region_aux" in out:
+            total = total + w.region_aux * out["region_aux"]
         states, bidx, _ = perception_states(hidden, batch["input_ids"], self.loc_id)
         if states.shape[0]:
             mlog, boxes = self.decode_states(state, states, bidx)

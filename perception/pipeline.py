@@ -237,8 +237,9 @@ class Pipeline:
         thr = self.model.config.mask_head.mask_threshold
         source = self.model.config.box_head.source
         out = []
+        claimed = np.zeros(probs.shape[1:], bool)  # pixels earlier objects of this answer took
         for k in range(states.shape[0]):
-            prob = probs[k]
+            prob = np.where(claimed, 0.0, probs[k]) if self.model.config.mask_head.exclusive else probs[k]
             if source == "mask":  # the blob around the most confident pixel: stray pixels elsewhere do not count
                 mask = blob_around_peak(prob, thr)
                 box = box_from_mask(mask)
@@ -248,6 +249,7 @@ class Pipeline:
                     box = box_from_mask(mask) or (0.0, 0.0, 1.0, 1.0)
                 else:
                     box = tuple(frame.boxes_to_pixels(boxes[k].cpu().numpy()).tolist())
+            claimed |= mask
             score = float(prob[mask].mean()) if mask.any() else 0.0
             phrase = phrases[k] if k < len(phrases) else None
             out.append(Grounding(box=tuple(float(v) for v in box), mask=mask, phrase=phrase, score=score))

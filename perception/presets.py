@@ -33,7 +33,7 @@ def _tiny() -> PerceptionConfig:
         mask_head=MaskHeadConfig(kind="dot", dim=64, refine_layers=1),
         box_head=BoxHeadConfig(source="mask"),
         token_aux=TokenAuxConfig(attributes=_shapesref_attributes()),
-        loss=LossWeights(token_aux=0.5),
+        loss=LossWeights(token_aux=0.5, region_aux=0.5),
         loc_feedback=True,
     )
 

@@ -1,10 +1,11 @@
-"""The tiny recipe's parts: dense token targets, ROI region crops, click boxes, warm start."""
+"""The tiny recipe's parts: dense token targets, the region read-out, ROI region crops, click boxes,
+warm start, exclusive decoding."""
 
 import numpy as np
 import pytest
 import torch
 
-from perception.data.token_targets import IGNORE, token_targets
+from perception.data.token_targets import IGNORE, object_targets, token_targets
 from perception.geometry import ImageFrame, boxes_of_masks, context_boxes, roi_crop
 
 ATTRS = [["small", "large"], ["red", "blue"], ["circle", "square"]]
@@ -132,7 +133,70 @@ def test_loc_feedback_training_and_generation_agree(tiny_model, tiny_tokenizer):
         is_loc = ids[0] == tiny_model.loc_id
         assert torch.allclose(fed[0, is_loc], plain[0, is_loc] + fb)
         assert torch.equal(fed[0, ~is_loc], plain[0, ~is_loc])
-        out = _feedback(tiny_model, state, torch.randn(1, tiny_model.backbone.hidden_size))
+        out, claimed = _feedback(tiny_model, state, torch.randn(1, tiny_model.backbone.hidden_size), None)
         assert out.shape == (1, 1, tiny_model.backbone.hidden_size)
+        assert claimed.shape == batch["loc_masks"].shape[-2:] and claimed.any()
         loss = tiny_model(batch)["loss"]
         assert torch.isfinite(loss)
+
+
+def test_object_targets_and_region_object():
+    from perception.data.collate import region_object
+    from perception.data.sample import Sample
+    from perception.types import Region
+
+    labels, masks, boxes = _two_objects()
+    t = object_targets(labels + ["a dog"], ATTRS)
+    assert t.tolist() == [[2, 1, 2], [1, 2, 1], [IGNORE, IGNORE, IGNORE]]
+    s = Sample(image=None, turns=[], boxes=boxes, masks=masks, labels=labels)
+    assert region_object(s, Region(point=(35, 34))) == 1
+    assert region_object(s, Region(point=(25, 25))) is None
+    assert region_object(s, Region(box=(1, 0, 20, 19))) == 0
+    assert region_object(s, Region(mask=masks[1])) == 1
+
+
+def test_model_trains_region_aux(tiny_model, tiny_tokenizer):
+    """Every region embedding and every fed-back <loc> embedding gets its object's words as targets."""
+    from perception.data.collate import Collator
+    from perception.data.shapesref import make_sample
+
+    assert tiny_model.config.loss.region_aux > 0 and hasattr(tiny_model, "region_aux")
+    col = Collator(tiny_model.config, tiny_tokenizer, tiny_model.backbone.num_image_tokens)
+    samples = [make_sample(s, tasks=["region_shape"]) for s in (1, 2)] + [make_sample(3, tasks=["ground_all"])]
+    batch = col(samples)
+    assert batch["region_attrs"].shape == (2, 3) and (batch["region_attrs"] > 0).all()
+    n_loc = int((batch["input_ids"] == tiny_model.loc_id).sum())
+    assert batch["loc_attrs"].shape == (n_loc, 3) and (batch["loc_attrs"] > 0).all()
+    for row, s in zip(batch["region_attrs"].tolist(), samples[:2]):
+        shape = s.turns[0].expect[0]
+        assert tiny_model.config.token_aux.attributes[2][row[2] - 1] == shape, "the region's target is its object's shape"
+    out = tiny_model(batch)
+    assert torch.isfinite(out["region_aux"]) and out["region_aux"] > 0
+
+
+def test_exclusive_decoding_grounds_each_object_once(tiny_model, monkeypatch):
+    """Two <loc>s whose mask logits peak on the same object: by default both report it; with
+    mask_head.exclusive the second takes the next object."""
+    from perception.generation import Generated
+    from perception.geometry import ImageFrame
+    from perception.pipeline import Pipeline
+
+    pipe = Pipeline(tiny_model, torch.device("cpu"))
+    logits = torch.full((2, 80, 80), -10.0)
+    logits[:, 10:20, 10:20] = 5.0  # object 1, the peak
+    logits[:, 50:60, 50:60] = 2.0  # object 2, less confident
+    monkeypatch.setattr(tiny_model, "decode_states", lambda state, states, bidx: (logits[: len(states)], torch.zeros(len(states), 4)))
+    D = tiny_model.backbone.hidden_size
+    loc = tiny_model.loc_id
+    gen = Generated(ids=torch.tensor([[1, loc, 2, loc]]), hidden=torch.zeros(1, 4, D), prompt_len=1)
+    frame = ImageFrame(80, 80, 160)
+    cfg = tiny_model.config.mask_head
+    try:
+        cfg.exclusive = False
+        a, b = pipe._objects(gen, None, frame, ["x", "y"])
+        assert a.box == b.box == (10.0, 10.0, 20.0, 20.0)
+        cfg.exclusive = True
+        a, b = pipe._objects(gen, None, frame, ["x", "y"])
+        assert a.box == (10.0, 10.0, 20.0, 20.0) and b.box == (50.0, 50.0, 60.0, 60.0)
+    finally:
+        cfg.exclusive = False

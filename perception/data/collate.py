@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from perception.data.sample import Sample
-from perception.data.token_targets import token_targets
-from perception.geometry import ImageFrame, box_from_mask
+from perception.data.token_targets import object_targets, token_targets
+from perception.geometry import ImageFrame, box_from_mask, box_iou, mask_iou
 from perception.processing import backbone_pixels, mask_side, sam_pixels
 from perception.prompting import IGNORE, PromptEncoder
 
@@ -48,6 +48,9 @@ class Collator:
         # dense token targets; the text_box baseline trains on cross-entropy only
         aux = cfg.token_aux if cfg.token_aux.attributes and cfg.loss.token_aux and cfg.output_mode != "text_box" else None
         tok_t = []
+        # attribute targets of each <loc>'s and each region's object (region read-out)
+        obj_aux = cfg.token_aux if cfg.token_aux.attributes and cfg.loss.region_aux and cfg.output_mode != "text_box" else None
+        loc_attrs, region_attrs = [], []
         for b, s in enumerate(samples):
             W, H = s.image.size
             frame = ImageFrame(W, H, cfg.backbone.image_size, cfg.backbone.resize_mode)
@@ -56,6 +59,7 @@ class Collator:
                 sam.append(sam_pixels(s.image, cfg.mask_head.sam_image_size))
             if aux is not None:
                 tok_t.append(token_targets(s.labels, s.masks, s.boxes, frame, self.token_grid, aux.attributes, aux.min_cover))
+            objs = object_targets(s.labels, obj_aux.attributes) if obj_aux is not None and len(s.labels) else None
             enc = self.prompts.encode([(t.user, t.assistant) for t in s.turns])
             ids.append(enc.input_ids)
             labels.append(enc.labels)
@@ -64,8 +68,14 @@ class Collator:
                     loc_fed.append(ti == len(s.turns) - 1)  # generation feeds back only the answer being written
                     loc_masks.append(frame.mask_to_model(s.masks[k], self.side))
                     loc_boxes.append(torch.tensor(frame.boxes_to_model(s.boxes[k]), dtype=torch.float32))
+                    if objs is not None:
+                        loc_attrs.append(objs[k])
             for ti, n in enc.region_order:
-                self._add_region(reg, b, s, s.turns[ti].regions[n - 1], frame)
+                region = s.turns[ti].regions[n - 1]
+                self._add_region(reg, b, s, region, frame)
+                if objs is not None:
+                    k = region_object(s, region)
+                    region_attrs.append(objs[k] if k is not None else torch.full_like(objs[0], IGNORE))
             for _ in range(self.clicks_per_image if len(s.boxes) else 0):
                 k = int(self.rng.integers(len(s.boxes)))
                 ys, xs = np.nonzero(s.masks[k])
@@ -87,6 +97,10 @@ class Collator:
         }
         if tok_t:
             batch["token_targets"] = torch.stack(tok_t)
+        if obj_aux is not None:
+            G = len(obj_aux.attributes)
+            batch["loc_attrs"] = torch.stack(loc_attrs) if loc_attrs else torch.zeros(0, G, dtype=torch.long)
+            batch["region_attrs"] = torch.stack(region_attrs) if region_attrs else torch.zeros(0, G, dtype=torch.long)
         if sam:
             batch["mask_pixel_values"] = torch.stack(sam)
         return batch
@@ -103,6 +117,22 @@ class Collator:
         reg["bidx"].append(b)
         for k, v in g.items():
             reg[k].append(v)
+
+
+def region_object(s: Sample, region) -> int | None:
+    """Index of the sample's object a Region refers to: the topmost visible mask under a point, the
+    best-overlapping box or mask; None when nothing overlaps."""
+    if not len(s.boxes):
+        return None
+    if region.kind == "point":
+        x, y = int(region.point[0]), int(region.point[1])
+        hits = [k for k in range(len(s.masks)) if s.masks[k][y, x]]
+        return hits[-1] if hits else None
+    if region.kind == "box":
+        iou = np.array([box_iou(ob, region.box) for ob in s.boxes])
+    else:
+        iou = np.array([mask_iou(m, region.mask) for m in s.masks])
+    return int(iou.argmax()) if iou.max() > 0 else None
 
 
 def region_geometry(region, frame: ImageFrame, side: int) -> dict:

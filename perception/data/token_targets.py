@@ -4,7 +4,8 @@ The image tokens form a square g x g grid over the model frame (token i is row i
 i % g). For each cell and attribute group: the word index + 1 of the object whose box centre lies
 in the cell ("centre"), and of the object covering the largest fraction of the cell if that is at
 least ``min_cover`` ("cover"); 0 = none; IGNORE when the sample's labels do not all carry a word
-of that group (real data: unknown, so no target).
+of that group (real data: unknown, so no target). ``object_targets`` gives the same words per
+object, for the read-out on region embeddings (``LossWeights.region_aux``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,25 @@ from perception.geometry import ImageFrame
 from perception.prompting import IGNORE
 
 
+def attribute_classes(labels: list, attributes: list) -> np.ndarray:
+    """K label strings -> (K, G) int64: per attribute group, the index + 1 of the group's word
+    found in the label (words matched case-insensitively), or -1 when the label has none."""
+    words = [str(lb).lower().split() for lb in labels]
+    cls = np.full((len(labels), len(attributes)), -1, dtype=np.int64)
+    for j, group in enumerate(attributes):
+        for k in range(len(labels)):
+            hit = [i for i, w in enumerate(group) if w in words[k]]
+            if hit:
+                cls[k, j] = hit[0] + 1
+    return cls
+
+
+def object_targets(labels: list, attributes: list) -> torch.Tensor:
+    """K labels -> (K, G) long targets for the region read-out (IGNORE where a label lacks the group)."""
+    cls = torch.from_numpy(attribute_classes(labels, attributes))
+    return torch.where(cls >= 0, cls, torch.full_like(cls, IGNORE))
+
+
 def token_targets(labels: list, masks: np.ndarray, boxes: np.ndarray, frame: ImageFrame, grid: int,
                   attributes: list, min_cover: float = 0.2) -> torch.Tensor:
     """labels: K strings; masks (K, H, W) bool visible masks; boxes (K, 4) pixel corners.
@@ -23,12 +43,7 @@ def token_targets(labels: list, masks: np.ndarray, boxes: np.ndarray, frame: Ima
     G = len(attributes)
     out = torch.zeros(grid * grid, 2 * G, dtype=torch.long)
     K = len(labels)
-    words = [str(lb).lower().split() for lb in labels]
-    cls = np.zeros((K, G), dtype=np.int64)
-    for j, group in enumerate(attributes):
-        for k in range(K):
-            hit = [i for i, w in enumerate(group) if w in words[k]]
-            cls[k, j] = hit[0] + 1 if hit else -1
+    cls = attribute_classes(labels, attributes)
     known = (cls >= 0).all(0) if K else np.ones(G, bool)
     if K:
         sub = 4  # cover fraction from a 4 x 4 sub-grid per cell
