@@ -195,6 +195,7 @@ class DataConfig:
     ])
     weights: list = field(default_factory=lambda: [0.10, 0.22, 0.20, 0.12, 0.08, 0.045, 0.045, 0.045, 0.045, 0.10])
     multi_turn: float = 0.15  # probability of a two-turn conversation
+    list_phrase: str = "label"  # ShapesRef "all"/counting answers name each object by its "label" or the question's "noun"
     clicks_per_image: int = 1  # click-to-mask auxiliary samples per image
     click_teacher: float = 0.5  # probability a point region uses its true mask while training
     num_workers: int = 1  # data-loader worker processes

@@ -30,7 +30,7 @@ def _tiny() -> PerceptionConfig:
     return PerceptionConfig(
         preset="tiny",
         backbone=BackboneConfig(kind="stem-llama", image_size=160, resize_mode="stretch"),
-        mask_head=MaskHeadConfig(kind="dot", dim=64, refine_layers=1),
+        mask_head=MaskHeadConfig(kind="dot", dim=64, refine_layers=1, exclusive=True),
         box_head=BoxHeadConfig(source="mask"),
         token_aux=TokenAuxConfig(attributes=_shapesref_attributes()),
         loss=LossWeights(token_aux=0.5, region_aux=0.5),

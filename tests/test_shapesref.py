@@ -371,3 +371,25 @@ def test_speed_is_reasonable():
 def test_constants():
     assert sr.COLORS == BASE and sr.SHAPES == ["circle", "square", "triangle", "star", "hexagon"]
     assert len(sr.TASKS) == 10 and math.isclose(sr.MARGIN, 0.05)
+
+
+def test_noun_listing_names_only_what_was_asked():
+    """list_phrase="noun": every listed object is named by the question's noun, left to right,
+    with the same targets as the "label" form."""
+    from perception.data.shapesref import make_sample
+
+    seen = 0
+    for seed in range(40):
+        a = make_sample(seed, tasks=["ground_all", "count"], list_phrase="noun")
+        b = make_sample(seed, tasks=["ground_all", "count"], list_phrase="label")
+        ta, tb = a.turns[0], b.turns[0]
+        assert (ta.user, ta.targets, ta.expect) == (tb.user, tb.targets, tb.expect)
+        noun = re.search(r"all the (.+?)s?[?.]?$|How many (.+?)s? are there", ta.user)
+        one = (noun.group(1) or noun.group(2)).removesuffix(" object")
+        phrases = re.findall(r"<p>(.+?)</p><loc>", ta.assistant)
+        assert len(phrases) == len(ta.targets)
+        assert all(p in (f"the {one}", f"the {one} object") for p in phrases), (ta.user, ta.assistant)
+        seen += len(phrases) > 1
+    assert seen, "some questions list several objects"
+    with pytest.raises(ValueError, match="list_phrase"):
+        make_sample(0, list_phrase="names")

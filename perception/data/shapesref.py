@@ -470,11 +470,20 @@ def _region(rng, o: ShapeObject, kind: str) -> Region:
     raise ValueError(f"region_kind must be one of {REGION_KINDS}; got {kind!r}")
 
 
-def make_turn(scene: Scene, rng: np.random.Generator, task: str, region_kind: str | None = None) -> Turn | None:
+LIST_PHRASES = ("label", "noun")
+
+
+def make_turn(scene: Scene, rng: np.random.Generator, task: str, region_kind: str | None = None,
+              list_phrase: str = "label") -> Turn | None:
     """One turn of ``task`` about ``scene``; None when the task is impossible for this scene.
 
     region_kind: "point" | "box" | "mask" for region questions (sampled uniformly when None).
+    list_phrase: how "all" and counting answers name each object (left to right): "label" —
+    its full label ("the small red circle"); "noun" — the question's noun ("the circle", "the red
+    object"), so the answer never names an attribute the question did not.
     """
+    if list_phrase not in LIST_PHRASES:
+        raise ValueError(f"list_phrase must be one of {LIST_PHRASES}; got {list_phrase!r}")
     objs = scene.objects
     if not objs:
         return None
@@ -496,7 +505,8 @@ def make_turn(scene: Scene, rng: np.random.Generator, task: str, region_kind: st
         key = _choice(rng, list(groups))
         idx = _sorted_matches(objs, groups[key])
         noun = f"{key[0]}s" if kind == "shape" else f"{key[0]} objects"
-        listing = ", ".join(grounded(f"the {objs[i].label}") for i in idx)
+        one = key[0] if kind == "shape" else f"{key[0]} object"
+        listing = ", ".join(grounded(f"the {objs[i].label if list_phrase == 'label' else one}") for i in idx)
         if task == "ground_all":
             user = f"{_choice(rng, ALL_VERBS)} all the {noun}{_punct(rng)}"
             return Turn(user=user, assistant=listing, targets=idx, task=task)
@@ -527,6 +537,7 @@ def make_sample(
     tasks: list[str] | None = None,
     weights: list[float] | None = None,
     n_turns: int = 1,
+    list_phrase: str = "label",
     **scene_kwargs,
 ) -> Sample:
     """A scene and ``n_turns`` turns, deterministic in ``seed``.
@@ -534,7 +545,8 @@ def make_sample(
     Each turn's task is drawn from ``tasks`` (default TASKS) with ``weights`` (default uniform);
     an impossible task is redrawn a few times, then replaced by ground_A; a scene where not even
     ground_A is possible (every object has an identical twin) is redrawn. ``scene_kwargs`` go to
-    draw_scene. boxes: (K, 4) float32 pixel corners; masks: (K, H, W) bool visible masks.
+    draw_scene; ``list_phrase`` to make_turn. boxes: (K, 4) float32 pixel corners; masks: (K, H, W)
+    bool visible masks.
     """
     tasks = list(TASKS if tasks is None else tasks)
     if not tasks:
@@ -556,7 +568,7 @@ def make_sample(
         for _ in range(n_turns):
             turn = None
             for _ in range(_TASK_TRIES):
-                turn = make_turn(scene, rng, tasks[int(rng.choice(len(tasks), p=p))])
+                turn = make_turn(scene, rng, tasks[int(rng.choice(len(tasks), p=p))], list_phrase=list_phrase)
                 if turn is not None:
                     break
             if turn is None:
