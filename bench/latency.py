@@ -59,7 +59,7 @@ def main(argv=None):
     cold, warm, click = [], [], []
     for img, prompt, pt in scenes:
         img = img.copy()
-        t0 = time.perf_counter(); ans = pipe.chat(img, prompt); cold.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); pipe.chat(img, prompt); cold.append(time.perf_counter() - t0)
         t0 = time.perf_counter(); pipe.chat(img, prompt); warm.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         m = pipe.segment_point(img, pt)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -23,16 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 CHAT_EXAMPLE, CHAT_QUESTION = 0, "Find the orange triangle."
 CLICK_EXAMPLE, CLICK_QUESTION = 4, "What color is <region1>?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def example_scene(index: int):
@@ -43,38 +34,10 @@ def example_scene(index: int):
     return draw_scene(np.random.default_rng(SEEDS[index]))
 
 
-def inside(obj) -> tuple[int, int]:
-    ys, xs = np.nonzero(obj.mask)
-    k = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)
-    return int(xs[k]), int(ys[k])
-
-
-def click_pixel(page, selector: str, x: int, y: int) -> None:
-    page.wait_for_function(
-        "s => { const i = document.querySelector(s + ' img'); return i && i.complete && i.naturalWidth > 0; }",
-        arg=selector, timeout=30_000)
-    img = page.locator(f"{selector} img").first
-    box = img.bounding_box()
-    nw, nh, fit = img.evaluate("e => [e.naturalWidth, e.naturalHeight, getComputedStyle(e).objectFit]")
-    scale = min(box["width"] / nw, box["height"] / nh)
-    if fit in ("scale-down", "none"):
-        scale = min(scale, 1.0) if fit == "scale-down" else 1.0
-    ox, oy = (box["width"] - nw * scale) / 2, (box["height"] - nh * scale) / 2
-    page.mouse.click(box["x"] + ox + (x + 0.5) * scale, box["y"] + oy + (y + 0.5) * scale)
-
-
 def pick_example(page, index: int) -> None:
     page.locator("#examples img").nth(index).click()
     page.locator("#image-info").filter(has_text=" px").wait_for(timeout=30_000)
     time.sleep(0.5)
-
-
-def ask(page, text: str) -> None:
-    n = page.locator("#chat .message-row").count()
-    page.locator("#message textarea").fill(text)
-    page.locator("#send").click()
-    page.locator("#answer-status").filter(has_text=f"Answer {n // 2 + 1}:").wait_for(timeout=120_000)
-    time.sleep(1.0)  # let images settle
 
 
 def main(argv=None) -> None:
@@ -87,6 +50,7 @@ def main(argv=None) -> None:
     from playwright.sync_api import sync_playwright
 
     from app import build_app, launch, model
+    from app.browser import CHROMIUM, CHROMIUM_ARGS, ask, click_pixel, free_port, pixel_inside, wait_for
 
     model.configure(args.model, args.device)
     demo = build_app()
@@ -95,24 +59,24 @@ def main(argv=None) -> None:
     out = Path(args.out)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("#examples img", timeout=30_000)
 
             pick_example(page, CHAT_EXAMPLE)
-            ask(page, CHAT_QUESTION)
+            ask(page, CHAT_QUESTION, timeout=120)
+            time.sleep(1.0)  # let the overlay images settle
             page.screenshot(path=str(out / "screenshot_chat.png"), full_page=True)
 
             scene = example_scene(CLICK_EXAMPLE)
             target = max(scene.objects, key=lambda o: o.mask.sum())
             pick_example(page, CLICK_EXAMPLE)
-            click_pixel(page, "#image", *inside(target))
+            click_pixel(page, "#image", *pixel_inside(target.mask))
             box = page.locator("#message textarea")
-            t = time.time()
-            while "<region1>" not in box.input_value() and time.time() - t < 60:
-                time.sleep(0.2)
-            ask(page, CLICK_QUESTION)
+            wait_for(lambda: "<region1>" in box.input_value(), 60, what="<region1> in the message box")
+            ask(page, CLICK_QUESTION, timeout=120)
+            time.sleep(1.0)
             page.screenshot(path=str(out / "screenshot_click.png"), full_page=True)
             browser.close()
     finally:

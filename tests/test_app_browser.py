@@ -10,27 +10,18 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import re  # noqa: E402
-import socket  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
+from app.browser import CHROMIUM, CHROMIUM_ARGS, ask, click_pixel, free_port, pixel_inside, wait_for  # noqa: E402
+
 TRAINED = (Path(__file__).resolve().parent.parent / "checkpoints" / "tiny" / "config.json").is_file()
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"no chromium at {CHROMIUM}", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +30,7 @@ def url():
 
     model.configure("tiny", "cpu")
     demo = build_app()
-    port = _free_port()
+    port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
@@ -70,46 +61,6 @@ def scene(tmp_path_factory):
     return s, target, str(path)
 
 
-def inside(obj):
-    ys, xs = np.nonzero(obj.mask)
-    k = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)
-    return int(xs[k]), int(ys[k])
-
-
-def click_pixel(page, selector: str, x: int, y: int) -> None:
-    """Click image pixel (x, y) of the <img> in selector (object-fit and letterboxing included)."""
-    page.wait_for_function(
-        "s => { const i = document.querySelector(s + ' img'); return i && i.complete && i.naturalWidth > 0; }",
-        arg=selector, timeout=30_000)
-    img = page.locator(f"{selector} img").first
-    box = img.bounding_box()
-    nw, nh, fit = img.evaluate("e => [e.naturalWidth, e.naturalHeight, getComputedStyle(e).objectFit]")
-    scale = min(box["width"] / nw, box["height"] / nh)
-    if fit in ("scale-down", "none"):  # small images are shown at their natural size, centred
-        scale = min(scale, 1.0) if fit == "scale-down" else 1.0
-    ox, oy = (box["width"] - nw * scale) / 2, (box["height"] - nh * scale) / 2
-    page.mouse.click(box["x"] + ox + (x + 0.5) * scale, box["y"] + oy + (y + 0.5) * scale)
-
-
-def wait_for(cond, timeout=45.0, what="condition"):
-    t = time.time()
-    while time.time() - t < timeout:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def ask(page, text: str) -> str:
-    """Send a message and wait for the whole answer ("Answer N: ..." below the chat); its text."""
-    n = page.locator("#chat .message-row").count()
-    page.locator("#message textarea").fill(text)
-    page.locator("#send").click()
-    wait_for(lambda: page.locator("#chat .message-row").count() >= n + 2, what="the answer")
-    page.locator("#answer-status").filter(has_text=f"Answer {n // 2 + 1}:").wait_for(timeout=45_000)
-    return page.locator("#chat .message-row").last.inner_text()
-
-
 @pytest.fixture(scope="module")
 def session(browser, url, scene):
     """One page that went through the whole flow: upload, click, ask about the region, ask to find."""
@@ -119,7 +70,7 @@ def session(browser, url, scene):
     page.locator("#image input[type=file]").set_input_files(path)
     W, H = s.image.size
     page.locator("#image-info").filter(has_text=f"{W} × {H} px").wait_for(timeout=30_000)  # upload handled
-    click_pixel(page, "#image", *inside(target))
+    click_pixel(page, "#image", *pixel_inside(target.mask))
     box = page.locator("#message textarea")
     wait_for(lambda: "<region1>" in box.input_value(), what="<region1> in the message box")
     regions_text = page.locator("#regions").inner_text() + page.locator("#regions input").input_value()
