@@ -209,7 +209,8 @@ class TrainConfig:
     init_from: Optional[str] = None  # warm start: copy every same-named, same-shaped tensor from this checkpoint folder
     output_dir: str = "runs/tiny"
     seed: int = 0
-    steps: int = 10000
+    steps: int = 10000  # the learning-rate schedule's length
+    stop_at: Optional[int] = None  # end the run after this step (a short ablation on the full run's schedule); None: at ``steps``
     batch_size: int = 16  # per process
     lr: float = 5e-4
     lr_scale: dict = field(default_factory=dict)  # module-name prefix -> lr multiplier, e.g. {"backbone.stem": 0.6}

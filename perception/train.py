@@ -39,6 +39,11 @@ def load_train_config(path: str, overrides: list[str] | None = None) -> TrainCon
     return TrainConfig.from_dict(d)
 
 
+def last_step(tc: TrainConfig) -> int:
+    """The step a run ends at: ``stop_at`` when set (the schedule still spans ``steps``), else ``steps``."""
+    return min(tc.steps, tc.stop_at) if tc.stop_at else tc.steps
+
+
 def _dist_info():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -221,11 +226,11 @@ def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
 
     loader = make_loader(model, tc, rank, world, start)
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
-    bar = tqdm(total=tc.steps, initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=last_step(tc), initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
     it = iter(loader)
     step = start
     t0 = time.time()
-    while step < tc.steps:
+    while step < last_step(tc):
         batch = to_device(next(it), device)
         f = lr_at(step, tc)
         for g in opt.param_groups:
@@ -245,10 +250,10 @@ def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
                                   "grad_norm": round(float(gnorm), 3), **parts}) + "\n")
             if step % 20 == 0:
                 log.flush()
-            if step % tc.save_every == 0 or step == tc.steps:
+            if step % tc.save_every == 0 or step == last_step(tc):
                 save_checkpoint(model, opt, step, tc, out)
                 _ddp_check_writer(rank, step)
-            if eval_fn is not None and tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
+            if eval_fn is not None and tc.eval_every and (step % tc.eval_every == 0 or step == last_step(tc)):
                 model.eval()
                 res = eval_fn(model, tc)
                 model.train()
@@ -387,10 +392,10 @@ def _train_deepspeed(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Pa
 
     loader = make_loader(model, tc, rank, world, start)
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
-    bar = tqdm(total=tc.steps, initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=last_step(tc), initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
     it = iter(loader)
     step, t0 = start, time.time()
-    while step < tc.steps:
+    while step < last_step(tc):
         batch = to_device(next(it), device)
         f = lr_at(step, tc)
         for g in engine.optimizer.param_groups:
@@ -407,9 +412,9 @@ def _train_deepspeed(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Pa
             log.write(json.dumps({"step": step, "time": round(time.time() - t0, 2), "lr": tc.lr * f, **parts}) + "\n")
             if step % 20 == 0:
                 log.flush()
-        if step % tc.save_every == 0 or step == tc.steps:
+        if step % tc.save_every == 0 or step == last_step(tc):
             _save_deepspeed_checkpoint(engine, model, step, tc, out, rank)
-        if rank == 0 and eval_fn is not None and tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
+        if rank == 0 and eval_fn is not None and tc.eval_every and (step % tc.eval_every == 0 or step == last_step(tc)):
             model.eval()
             res = eval_fn(model, tc)
             model.train()

@@ -48,6 +48,19 @@ def test_short_run_lowers_loss_and_checkpoint_reloads(tmp_path):
     assert steps[-6:] == [30, 31, 32, 33, 34, 35][-6:] or steps[-5:] == [31, 32, 33, 34, 35]
 
 
+def test_stop_at_ends_early_on_the_full_schedule(tmp_path):
+    from perception.train import lr_at, train
+
+    tc = _cfg(tmp_path, 40, stop_at=6, save_every=100, warmup=2)
+    out = train(tc, progress=False)
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert (out / "latest").read_text().strip() == "checkpoint-000006"  # the stop step is saved
+    # the learning rate follows the 40-step schedule, not a 6-step one
+    assert rows[-1]["lr"] == pytest.approx(tc.lr * lr_at(5, tc))
+    assert lr_at(5, tc) > lr_at(5, _cfg(tmp_path, 6))
+
+
 def test_train_config_yaml_and_overrides(tmp_path):
     from perception.train import load_train_config
 
