@@ -1,4 +1,6 @@
-"""Training curves from ``metrics.jsonl`` as PNG: ``python -m perception.plots RUN_DIR [RUN_DIR ...] [--out PNG]``.
+"""Training curves from ``metrics.jsonl`` as PNG: ``python -m perception.plots RUN [RUN ...] [--out PNG]``.
+
+A RUN is a run folder or a ``metrics.jsonl`` file (the shipped model's are kept in docs/results/).
 
 Several run folders are stages of one model (each warm-started from the previous one): they are
 drawn one after another on one step axis, with a dashed line where a stage begins.
@@ -14,8 +16,10 @@ import numpy as np
 
 
 def read_metrics(run_dir) -> tuple[list, list]:
+    """A run folder (its ``metrics.jsonl``) or a metrics file -> (training rows, evaluation rows)."""
+    path = Path(run_dir)
     rows, evals = [], []
-    for line in open(Path(run_dir) / "metrics.jsonl"):
+    for line in open(path if path.is_file() else path / "metrics.jsonl"):
         r = json.loads(line)
         (evals if "eval" in r else rows).append(r)
     return rows, evals
@@ -52,7 +56,7 @@ def plot_run(run_dir, out=None, title=None) -> Path:
     rows, evals, starts = read_stages(dirs)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     steps = np.array([r["step"] for r in rows])
-    for key in ("ce", "mask_bce", "mask_dice", "click", "box_giou", "token_aux"):
+    for key in ("ce", "mask_bce", "mask_dice", "click", "box_giou", "token_aux", "region_aux"):
         have = [i for i, r in enumerate(rows) if key in r]  # a loss part may exist in some stages only
         if not have:
             continue
@@ -71,7 +75,8 @@ def plot_run(run_dir, out=None, title=None) -> Path:
     axes[1].set_xlabel("step"); axes[1].set_ylabel("held-out ShapesRef metric"); axes[1].grid(alpha=0.3)
     fig.suptitle(title or f"training curves: {' + '.join(map(str, dirs))}")
     fig.tight_layout()
-    out = Path(out or Path(dirs[-1]) / "curves.png")
+    last = Path(dirs[-1])
+    out = Path(out or (last.with_suffix(".png") if last.is_file() else last / "curves.png"))
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
@@ -79,7 +84,7 @@ def plot_run(run_dir, out=None, title=None) -> Path:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("run_dir", nargs="+", help="run folder(s); several = consecutive stages")
+    p.add_argument("run_dir", nargs="+", help="run folder(s) or metrics.jsonl file(s); several = consecutive stages")
     p.add_argument("--out", default=None)
     p.add_argument("--title", default=None)
     a = p.parse_args(argv)

@@ -88,3 +88,19 @@ def test_torchrun_two_process_gloo(tmp_path):
     assert torch.allclose(sums[0], sums[1]), "ranks diverged"
     writers = {p.read_text() for p in (tmp_path / "ranks").glob("writer-*")}
     assert writers == {"0"}
+
+
+def test_plots_take_stage_folders_or_metrics_files(tmp_path):
+    from perception.plots import plot_run, read_stages
+
+    for name, n in (("a", 60), ("b", 40)):
+        d = tmp_path / name
+        d.mkdir()
+        with open(d / "metrics.jsonl", "w") as f:
+            for s in range(1, n + 1):
+                f.write(json.dumps({"step": s, "ce": 1.0 / s, "region_aux": 0.5}) + "\n")
+            f.write(json.dumps({"step": n, "eval": {"acc_overall": 0.5}}) + "\n")
+    rows, evals, starts = read_stages([tmp_path / "a", tmp_path / "b" / "metrics.jsonl"])
+    assert starts == [0, 60] and rows[-1]["step"] == 100 and [e["step"] for e in evals] == [60, 100]
+    out = plot_run([tmp_path / "a", tmp_path / "b" / "metrics.jsonl"])
+    assert out == tmp_path / "b" / "metrics.png" and out.stat().st_size > 10_000
