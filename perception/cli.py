@@ -1,4 +1,4 @@
-"""Command line: ``python -m perception {train,evaluate,predict,make-data} ...``."""
+"""Command line: ``python -m perception {train,evaluate,compare,predict,make-data} ...``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ def main(argv=None) -> int:
     e.add_argument("--exclusive", default=None, choices=["on", "off"],
                    help="override mask_head.exclusive: each object of an answer takes pixels no earlier one took")
 
+    c = sub.add_parser("compare", help="print evaluation reports (JSON from evaluate --out) side by side")
+    c.add_argument("reports", nargs="+", help="report JSON files")
+    c.add_argument("--names", nargs="+", default=None, help="column names, one per report")
+
     pr = sub.add_parser("predict", help="answer one prompt about one image")
     pr.add_argument("image")
     pr.add_argument("prompt")
@@ -58,6 +62,10 @@ def main(argv=None) -> int:
         from perception.evaluate import run_cli
 
         return run_cli(args)
+    if args.cmd == "compare":
+        from perception.evaluate import compare_cli
+
+        return compare_cli(args)
     if args.cmd == "predict":
         return _predict(args)
     if args.cmd == "make-data":

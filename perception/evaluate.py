@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from collections import defaultdict
 
@@ -179,22 +180,63 @@ def evaluate(pipe, items, progress: bool = True, total=None) -> dict:
     return acc.report()
 
 
-def format_table(rep: dict) -> str:
-    lines = ["| metric | value |", "|---|---|"]
+def _table_rows(rep: dict) -> dict:
+    """A report -> {row key: (label, value text)}, in table order."""
+    rows = {}
     for t, g in rep["grounding"].items():
-        lines.append(f"| grounding {t}: Acc@0.5 / mIoU / cIoU (n={g['n']}) | {g['acc@0.5']:.3f} / {g['mIoU']:.3f} / {g['cIoU']:.3f} |")
+        rows[f"ground:{t}"] = (f"grounding {t}: Acc@0.5 / mIoU / cIoU (n={g['n']})", f"{g['acc@0.5']:.3f} / {g['mIoU']:.3f} / {g['cIoU']:.3f}")
     m = rep["multi_object"]
-    lines.append(f"| multi-object P / R / F1 (objects={m['n_gt']}) | {m['precision']:.3f} / {m['recall']:.3f} / {m['f1']:.3f} |")
-    lines.append(f"| region-question accuracy (n={rep['region_accuracy']['n']}) | {rep['region_accuracy']['accuracy']:.3f} |")
+    rows["multi"] = (f"multi-object P / R / F1 (objects={m['n_gt']})", f"{m['precision']:.3f} / {m['recall']:.3f} / {m['f1']:.3f}")
+    rows["region"] = (f"region-question accuracy (n={rep['region_accuracy']['n']})", f"{rep['region_accuracy']['accuracy']:.3f}")
     for k, v in rep["region_accuracy"].get("by", {}).items():
-        lines.append(f"| — {k.replace(':', ' ')} (n={v['n']}) | {v['accuracy']:.3f} |")
+        rows[f"region:{k}"] = (f"— {k.replace(':', ' ')} (n={v['n']})", f"{v['accuracy']:.3f}")
     c = rep["counting_accuracy"]
-    lines.append(f"| counting accuracy (n={c['n']}) | {c['accuracy']:.3f} |")
+    rows["count"] = (f"counting accuracy (n={c['n']})", f"{c['accuracy']:.3f}")
     if "answered_1" in c:
-        lines.append(f"| — answers that say 1 / questions whose count is 1 | {c['answered_1']:.3f} / {c['truth_1']:.3f} |")
-    lines.append(f"| click-segmentation mIoU (n={rep['click_mIoU']['n']}) | {rep['click_mIoU']['mIoU']:.3f} |")
-    lines.append(f"| median latency per turn | {rep['latency_ms_median']:.1f} ms |")
+        rows["count:1"] = ("— answers that say 1 / questions whose count is 1", f"{c['answered_1']:.3f} / {c['truth_1']:.3f}")
+    rows["click"] = (f"click-segmentation mIoU (n={rep['click_mIoU']['n']})", f"{rep['click_mIoU']['mIoU']:.3f}")
+    rows["latency"] = ("median latency per turn", f"{rep['latency_ms_median']:.1f} ms")
+    return rows
+
+
+def format_comparison(reports: list, names: list) -> str:
+    """Several reports side by side as one markdown table (a row a metric, a column a report; "—"
+    where a report lacks the row). Labels (and their n) come from the first report that has the row."""
+    if len(names) != len(reports):
+        raise ValueError(f"{len(reports)} reports but {len(names)} names")
+    tables = [_table_rows(r) for r in reports]
+    keys = list(dict.fromkeys(k for t in sorted(tables, key=len, reverse=True) for k in t))  # the fullest report's order
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for k in keys:
+        label = next(t[k][0] for t in tables if k in t)
+        lines.append(f"| {label} | " + " | ".join(t[k][1] if k in t else "—" for t in tables) + " |")
     return "\n".join(lines)
+
+
+def format_table(rep: dict) -> str:
+    return format_comparison([rep], ["value"])
+
+
+def compare_cli(args) -> int:
+    """``python -m perception compare A.json B.json ... [--names a b ...]``: reports side by side."""
+    reports = []
+    for path in args.reports:
+        try:
+            with open(path) as f:
+                reports.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"error: cannot read report {path}: {e}", file=sys.stderr)
+            return 2
+    names = args.names or [str(p) for p in args.reports]
+    try:
+        print(format_comparison(reports, names))
+    except (KeyError, TypeError) as e:
+        print(f"error: not an evaluation report ({e!r} missing)", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def training_eval(model, tc) -> dict:
