@@ -1,8 +1,8 @@
 """Screenshots of the demo for the README: ``python docs/make_screenshots.py [--model tiny]``.
 
 Launches the app in-process on a free port, drives it with Playwright in Debian's chromium and
-writes docs/screenshot_chat.png (an example scene, "Find the orange triangle.") and
-docs/screenshot_click.png (one clicked object as <region1>, then "What color is <region1>?").
+writes docs/screenshot_chat.png (an example scene, "Find all the blue objects.") and
+docs/screenshot_click.png (one clicked object as <region1>, then "What shape is <region1>?").
 Needs the ``playwright`` package (no browser download: it uses /usr/bin/chromium).
 """
 
@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-CHAT_EXAMPLE, CHAT_QUESTION = 0, "Find the orange triangle."
-CLICK_EXAMPLE, CLICK_QUESTION = 4, "What color is <region1>?"
+CHAT_EXAMPLE, CHAT_QUESTION = 0, "Find all the blue objects."
+CLICK_EXAMPLE, CLICK_QUESTION = 4, "What shape is <region1>?"
 
 
 def example_scene(index: int):
