@@ -226,11 +226,12 @@ def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
 
     loader = make_loader(model, tc, rank, world, start)
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
-    bar = tqdm(total=last_step(tc), initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
+    end = last_step(tc)
+    bar = tqdm(total=end, initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
     it = iter(loader)
     step = start
     t0 = time.time()
-    while step < last_step(tc):
+    while step < end:
         batch = to_device(next(it), device)
         f = lr_at(step, tc)
         for g in opt.param_groups:
@@ -250,10 +251,10 @@ def train(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Path:
                                   "grad_norm": round(float(gnorm), 3), **parts}) + "\n")
             if step % 20 == 0:
                 log.flush()
-            if step % tc.save_every == 0 or step == last_step(tc):
+            if step % tc.save_every == 0 or step == end:
                 save_checkpoint(model, opt, step, tc, out)
                 _ddp_check_writer(rank, step)
-            if eval_fn is not None and tc.eval_every and (step % tc.eval_every == 0 or step == last_step(tc)):
+            if eval_fn is not None and tc.eval_every and (step % tc.eval_every == 0 or step == end):
                 model.eval()
                 res = eval_fn(model, tc)
                 model.train()
@@ -392,10 +393,11 @@ def _train_deepspeed(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Pa
 
     loader = make_loader(model, tc, rank, world, start)
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
-    bar = tqdm(total=last_step(tc), initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
+    end = last_step(tc)
+    bar = tqdm(total=end, initial=start, disable=not progress or rank != 0, dynamic_ncols=True)
     it = iter(loader)
     step, t0 = start, time.time()
-    while step < last_step(tc):
+    while step < end:
         batch = to_device(next(it), device)
         f = lr_at(step, tc)
         for g in engine.optimizer.param_groups:
@@ -412,9 +414,9 @@ def _train_deepspeed(tc: TrainConfig, eval_fn=None, progress: bool = True) -> Pa
             log.write(json.dumps({"step": step, "time": round(time.time() - t0, 2), "lr": tc.lr * f, **parts}) + "\n")
             if step % 20 == 0:
                 log.flush()
-        if step % tc.save_every == 0 or step == last_step(tc):
+        if step % tc.save_every == 0 or step == end:
             _save_deepspeed_checkpoint(engine, model, step, tc, out, rank)
-        if rank == 0 and eval_fn is not None and tc.eval_every and (step % tc.eval_every == 0 or step == last_step(tc)):
+        if rank == 0 and eval_fn is not None and tc.eval_every and (step % tc.eval_every == 0 or step == end):
             model.eval()
             res = eval_fn(model, tc)
             model.train()
