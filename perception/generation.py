@@ -35,11 +35,16 @@ def _feedback(model, state, h, claimed):
 
 
 @torch.no_grad()
-def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_tokens: int, max_objects: int):
+def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_tokens: int, max_objects: int,
+             forced: list | None = None):
     """Yield each new token id; the generator's return value (StopIteration.value) is a Generated.
 
     Greedy (deterministic). Never emits <image>, <region>, <s> or <pad>; stops emitting <loc>
     after ``max_objects``; stops at </s> or after ``max_new_tokens``.
+
+    forced: token ids to emit instead of the greedy choice (benchmarks time a reference answer
+    through this same loop); every other step -- the greedy scoring, <loc> feedback, the KV
+    cache -- runs as usual. Generation stops at the end of ``forced``.
     """
     p = model.prompts
     emb = model.embed(input_ids, state, region_embeds)
@@ -56,6 +61,10 @@ def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_token
         if n_obj >= max_objects:
             scores[p.loc_id] = float("-inf")
         nxt = int(scores.argmax())
+        if forced is not None:
+            if len(ids) - T >= len(forced):
+                break
+            nxt = int(forced[len(ids) - T])
         ids.append(nxt)
         yield nxt
         if nxt == p.eos_id:
