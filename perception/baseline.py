@@ -14,7 +14,8 @@ receive no gradient (except through the region encoder, which reads mask-head fe
 *input* when a question has a ``<regionK>``).
 
 Used in two places: ``Collator`` rewrites training samples with ``to_text_boxes``, and
-``Pipeline._objects`` reads generated answers back with ``parse_text_boxes``.
+``TextBoxDecoder`` (picked by ``perception.decoding.answer_decoder`` for this mode) reads generated
+answers back with ``parse_text_boxes``.
 """
 
 from __future__ import annotations
@@ -89,3 +90,18 @@ def parse_text_boxes(raw: str, frame: ImageFrame, max_objects: int | None = None
         phrase = (m.group(1) or "").strip() or None
         out.append(Grounding(box=tuple(float(v) for v in box), mask=None, phrase=phrase, score=0.0))
     return out
+
+
+class TextBoxDecoder:
+    """The answer decoder of text_box mode (see perception.decoding): no ``<loc>`` is ever decoded
+    (none is in the answer), so nothing is fed back; ``objects`` parses the boxes from the text."""
+
+    def __init__(self, frame: ImageFrame, max_objects: int | None = None):
+        self.frame = frame
+        self.max_objects = max_objects
+
+    def __call__(self, loc_state):
+        return None
+
+    def objects(self, raw: str) -> list[Grounding]:
+        return parse_text_boxes(raw, self.frame, self.max_objects)

@@ -1,7 +1,10 @@
 """One tree of config dataclasses, saved as JSON with every checkpoint (``config.json``).
 
 Presets (``perception.presets``) are instances of ``PerceptionConfig``; nothing else configures a
-model. ``to_dict``/``from_dict`` round-trip exactly.
+model. The defaults are the recipe the shipped ``tiny`` model was trained with (its preset only
+adds the ShapesRef attribute words); the real presets set what differs (the paper's path).
+``to_dict``/``from_dict`` round-trip exactly. Options of superseded recipes are gone; the commits
+that trained with them are named in docs/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class MaskHeadConfig:
     sam_encoder_depth: Optional[int] = None  # "sam": override depth (tests build tiny encoders)
     sam_encoder_dim: Optional[int] = None  # "sam": override embed dim (tests)
     mask_threshold: float = 0.5  # probability above which a pixel is in the mask
-    exclusive: bool = False  # decoding: each <loc> of an answer takes its mask from pixels no earlier <loc> of that answer took
+    exclusive: bool = True  # decoding: each <loc> of an answer takes its mask from pixels no earlier <loc> of that answer took
 
 
 @dataclass
@@ -74,17 +77,16 @@ class BoxHeadConfig:
 
     hidden: int = 256  # MLP width
     layers: int = 3  # MLP depth
-    source: str = "head"  # the box reported: "head" (the MLP) | "mask" (box of the mask blob around its peak) | "mask-full" (box of the whole mask)
+    source: str = "mask"  # the box reported: "mask" (box of the mask blob around its peak) | "head" (the paper's MLP)
 
 
 @dataclass
 class RegionEncoderConfig:
     """Region (box / mask / click) -> one input embedding replacing a <region> token."""
 
-    mode: str = "roi"  # "roi": mask + features cropped to the region's box (shape survives for small objects) | "frame": whole-frame mask
-    mask_size: int = 32  # masks are rasterised at 2x this side; "frame" resizes them to this square for the conv net
-    roi_size: int = 16  # "roi": side of the crop (mask and per-pixel features) inside the box
-    roi_context: float = 0.25  # "roi": the crop box grows by this fraction of its size on every side
+    mask_size: int = 32  # region masks are rasterised at 2x this side
+    roi_size: int = 16  # side of the crop (mask and per-pixel features) inside the region's box
+    roi_context: float = 0.25  # the crop box grows by this fraction of its size on every side
     hidden: int = 128  # conv / MLP width
 
 
@@ -127,8 +129,8 @@ class LossWeights:
     box_l1: float = 1.0
     box_giou: float = 0.5
     click: float = 0.5  # click-to-mask auxiliary (BCE + Dice)
-    token_aux: float = 0.0  # dense attribute targets on image tokens (see TokenAuxConfig)
-    region_aux: float = 0.0  # attribute targets on region-encoder outputs (regions and fed-back <loc>s; see TokenAuxConfig)
+    token_aux: float = 0.5  # dense attribute targets on image tokens (see TokenAuxConfig; off without attributes)
+    region_aux: float = 0.5  # attribute targets on region-encoder outputs (regions and fed-back <loc>s; see TokenAuxConfig)
 
 
 @dataclass
@@ -142,9 +144,8 @@ class PerceptionConfig:
     token_aux: TokenAuxConfig = field(default_factory=TokenAuxConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     max_new_tokens: int = 96  # generation cap per answer
-    loc_feedback: bool = False  # each generated <loc>'s decoded mask, through the region encoder, is added to that <loc>'s input embedding (the LM sees what it grounded)
+    loc_feedback: bool = True  # each generated <loc>'s decoded mask, through the region encoder, is added to that <loc>'s input embedding (the LM sees what it grounded)
     output_mode: str = "perception"  # "perception" (<loc> states -> heads) | "text_box" (baseline: boxes written as text, no masks; perception/baseline.py)
-    version: int = 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -154,7 +155,28 @@ class PerceptionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PerceptionConfig":
-        return _build(cls, d)
+        return _build(cls, _drop_retired(d))
+
+
+# Options of superseded recipes: (path, the value that means today's behaviour). A saved config
+# holding that value loads (the key is dropped); any other value was trained with code that is gone.
+RETIRED = {("version",): None, ("region", "mode"): "roi"}
+
+
+def _drop_retired(d):
+    if not isinstance(d, dict):
+        return d
+    d = json.loads(json.dumps(d))
+    for path, today in RETIRED.items():
+        node = d
+        for p in path[:-1]:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node:
+            value = node.pop(path[-1])
+            if today is not None and value != today:
+                raise ValueError(f"{'.'.join(path)}={value!r} belongs to a superseded recipe that this code no "
+                                 f"longer has; load such a checkpoint with the commit that trained it (docs/RESULTS.md)")
+    return d
 
 
 def _build(cls, d):

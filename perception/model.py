@@ -3,8 +3,8 @@
 Data flow (shapes for B images, T tokens, K perception tokens, R regions):
   pixel_values (B,3,S,S) -> backbone.encode_images -> VisualFeatures(tokens (B,N,D), maps)
                           -> mask_head.features     -> MaskFeatures(pixels (B,C,h,w))
-  regions -> region_encoder -> (R,D) ; input_ids (B,T) -> embeddings, image tokens and region
-  embeddings merged by masked scatter -> LM -> logits (B,T,V), hidden (B,T,D)
+  Regions -> region_encoder -> (R,D) ; input_ids (B,T) -> embeddings, image tokens and region
+  embeddings merged by masked scatter (``merge_placeholders``) -> LM -> logits (B,T,V), hidden (B,T,D)
   ``perception_states`` -> (K,D) -> box_head (K,4) / mask_head (K,h,w)
 """
 
@@ -20,7 +20,7 @@ from perception.backbone import build_backbone
 from perception.config import PerceptionConfig
 from perception.geometry import boxes_of_masks, context_boxes
 from perception.heads import BoxHead, RegionEncoder, build_mask_head
-from perception.heads.token_aux import TokenAuxHead
+from perception.heads.aux import AuxInputs, enabled_aux_heads
 from perception.prompting import IGNORE, PromptEncoder
 
 
@@ -56,6 +56,13 @@ def merge_embeddings(inputs_embeds, input_ids, token_id, values, what: str):
     return inputs_embeds.masked_scatter(mask[..., None].expand_as(inputs_embeds), values.to(inputs_embeds.dtype))
 
 
+def merge_placeholders(inputs_embeds, input_ids, parts):
+    """``parts``: [(placeholder token id, values (M, D) or None, what)], each merged by ``merge_embeddings``."""
+    for token_id, values, what in parts:
+        inputs_embeds = merge_embeddings(inputs_embeds, input_ids, token_id, values, what)
+    return inputs_embeds
+
+
 @dataclass
 class ImageState:
     """Features of a batch of images, computed once and reused across turns."""
@@ -82,13 +89,10 @@ class PerceptionModel(nn.Module):
         feat_dim = config.mask_head.dim
         self.box_head = BoxHead(config.box_head, D)
         self.region_encoder = RegionEncoder(config.region, D, feat_dim)
-        if config.token_aux.attributes:
-            g = int(round(self.backbone.num_image_tokens ** 0.5))
-            if g * g != self.backbone.num_image_tokens:
-                raise ValueError(f"token_aux needs a square image-token grid; this backbone has {self.backbone.num_image_tokens} tokens")
-            self.token_aux = TokenAuxHead(config.token_aux, D)
-        if config.token_aux.attributes and config.loss.region_aux:
-            self.region_aux = TokenAuxHead(config.token_aux, D, copies=1)
+        self.aux_names = []  # auxiliary heads (perception/heads/aux.py), each an attribute named by its loss
+        for A in enabled_aux_heads(config):
+            setattr(self, A.name, A(config, D, self.backbone.num_image_tokens))
+            self.aux_names.append(A.name)
 
     def _map_channels(self) -> dict:
         with torch.no_grad():
@@ -113,35 +117,31 @@ class PerceptionModel(nn.Module):
         vis = self.backbone.encode_images(pixel_values)
         return ImageState(vis, self.mask_head.features(vis, mask_pixel_values))
 
-    def encode_regions(self, state: ImageState, regions: dict | None):
-        """regions: {"bidx" (R,), "is_box" (R,) bool, "is_point" (R,) bool, "boxes" (R,4),
-        "masks" (R,M,M), "points" (R,2)} in the normalised model frame. Point regions become masks
-        through the click path first (``use_mask`` (R,) bool keeps the given mask instead:
-        training teacher-forces some clicks). Returns (R, D) or None.
+    def encode_regions(self, state: ImageState, regions):
+        """``Regions`` (perception/regions.py, normalised model frame) -> (R, D) embeddings, or None.
+
+        Point regions become masks through the click path first (``use_mask`` keeps the given mask
+        instead: training teacher-forces some clicks); a click's box is its mask's tight box (a
+        small box around the click when the mask is empty).
         """
-        if regions is None or len(regions["bidx"]) == 0:
+        if regions is None or len(regions) == 0:
             return None
-        masks = regions["masks"].float()
-        is_point = regions["is_point"]
-        if is_point.any():
-            sel = is_point.nonzero().flatten()
+        masks, boxes = regions.masks.float(), regions.boxes
+        if regions.is_point.any():
+            sel = regions.is_point.nonzero().flatten()
             with torch.no_grad():
-                logits = self.mask_head.from_points(state.mask, regions["points"][sel], regions["bidx"][sel])
+                logits = self.mask_head.from_points(state.mask, regions.points[sel], regions.bidx[sel])
                 clicked = (logits.sigmoid() > self.config.mask_head.mask_threshold).float()
             clicked = L.mask_to_size(clicked, masks.shape[-2:])
-            keep = regions.get("use_mask")
-            if keep is not None:
-                clicked = torch.where(keep[sel][:, None, None], masks[sel], clicked)
+            if regions.use_mask is not None:
+                clicked = torch.where(regions.use_mask[sel][:, None, None], masks[sel], clicked)
             masks = masks.clone()
             masks[sel] = clicked
-            # a click's box is its mask's tight box (a small box around the click when the mask is empty)
             pbox, ok = boxes_of_masks(clicked)
-            around = context_boxes(regions["points"][sel].repeat(1, 2).float(), 0.0, min_side=0.1)
-            boxes = regions["boxes"].clone()
+            around = context_boxes(regions.points[sel].repeat(1, 2).float(), 0.0, min_side=0.1)
+            boxes = boxes.clone()
             boxes[sel] = torch.where(ok[:, None], pbox, around).to(boxes.dtype)
-            regions = {**regions, "boxes": boxes}
-        pixels = state.mask.pixels[regions["bidx"]]
-        return self.region_encoder(regions["is_box"], regions["boxes"], masks, pixels)
+        return self.region_encoder(boxes, masks, state.mask.pixels[regions.bidx])
 
     def embed(self, input_ids, state: ImageState, region_embeds=None, loc_feedback=None):
         """(B, T) ids -> (B, T, D) input embeddings with image and region embeddings merged.
@@ -152,21 +152,20 @@ class PerceptionModel(nn.Module):
         emb = self.backbone.embed_tokens(input_ids)
         has_image = (input_ids == self.prompts.image_id).any(1)
         img = state.visual.tokens[has_image].reshape(-1, emb.shape[-1]) if has_image.any() else None
-        emb = merge_embeddings(emb, input_ids, self.prompts.image_id, img, "image")
+        emb = merge_placeholders(emb, input_ids, [(self.prompts.image_id, img, "image"),
+                                                  (self.prompts.region_id, region_embeds, "region")])
         if loc_feedback is not None and loc_feedback[1].shape[0]:
             is_fed, fb = loc_feedback
             pos = (input_ids == self.loc_id).nonzero(as_tuple=True)
-            b, t = pos[0][is_fed], pos[1][is_fed]
-            emb = emb.index_put((b, t), fb.to(emb.dtype), accumulate=True)
-        return merge_embeddings(emb, input_ids, self.prompts.region_id, region_embeds, "region")
+            emb = emb.index_put((pos[0][is_fed], pos[1][is_fed]), fb.to(emb.dtype), accumulate=True)
+        return emb
 
     def feedback_embeds(self, state: ImageState, masks, bidx):
         """(K, h, w) object masks in [0, 1] (model frame) of images ``bidx`` -> (K, D) embeddings
         added to their <loc> tokens' inputs (``config.loc_feedback``): the region encoder reads
         the object the model just grounded, so later tokens know which one it was."""
         boxes, _ = boxes_of_masks(masks)
-        no_box = torch.zeros(masks.shape[0], dtype=torch.bool, device=masks.device)
-        return self.region_encoder(no_box, boxes, masks.float(), state.mask.pixels[bidx])
+        return self.region_encoder(boxes, masks.float(), state.mask.pixels[bidx])
 
     # --- decoding states into objects ---------------------------------------------------------
     def decode_states(self, state: ImageState, states, bidx):
@@ -177,59 +176,39 @@ class PerceptionModel(nn.Module):
     def forward(self, batch: dict) -> dict:
         """Teacher-forced losses as a dict of named parts plus "loss" (the weighted sum).
 
-        batch: pixel_values (B,3,S,S), [mask_pixel_values], input_ids/attention_mask/labels (B,T),
-        loc_masks (K,h,w) and loc_boxes (K,4) for every <loc> in batch order, regions (see
-        encode_regions) or None, clicks {"bidx","points","masks"} or None.
+        batch (perception.data.collate.Collator): pixel_values (B,3,S,S), [mask_pixel_values],
+        input_ids/attention_mask/labels (B,T), loc_masks (K,h,w) and loc_boxes (K,4) for every
+        <loc> in batch order, loc_fed (K,) bool (the <loc>s generation would feed back: each
+        sample's last answer), regions (Regions) or None, clicks {"bidx","points","masks"} or None,
+        and each enabled auxiliary head's targets.
         """
         w = self.config.loss
         state = self.encode_images(batch["pixel_values"], batch.get("mask_pixel_values"))
         region_embeds = self.encode_regions(state, batch.get("regions"))
-        feedback = None
-        fed = batch.get("loc_fed")  # (K,) bool: <loc>s of each sample's last answer (as generation feeds them)
+        fed, fb = batch.get("loc_fed"), None
         if self.config.loc_feedback and fed is not None and bool(fed.any()):
             bidx_all = (batch["input_ids"] == self.loc_id).nonzero(as_tuple=True)[0]
             fb = self.feedback_embeds(state, batch["loc_masks"][fed].to(state.mask.pixels.dtype), bidx_all[fed])
-            feedback = (fed, fb)
-        emb = self.embed(batch["input_ids"], state, region_embeds, feedback)
-        out = {}
-        if hasattr(self, "region_aux") and w.region_aux and "loc_attrs" in batch:
-            vecs, tgts = [], []
-            if region_embeds is not None:
-                vecs.append(region_embeds)
-                tgts.append(batch["region_attrs"])
-            if feedback is not None:
-                vecs.append(feedback[1])
-                tgts.append(batch["loc_attrs"][fed])
-            if vecs:
-                out["region_aux"] = self.region_aux.loss(torch.cat(vecs), torch.cat(tgts))
+        emb = self.embed(batch["input_ids"], state, region_embeds, (fed, fb) if fb is not None else None)
         logits, hidden, _ = self.backbone.forward_embeds(emb, batch.get("attention_mask"))
-        labels = batch["labels"]
-        out["ce"] = nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE
-        )
-        total = w.ce * out["ce"]
-        if "region_aux" in out:
-            total = total + w.region_aux * out["region_aux"]
+        out = {"ce": nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE
+        )}
         states, bidx, _ = perception_states(hidden, batch["input_ids"], self.loc_id)
         if states.shape[0]:
             mlog, boxes = self.decode_states(state, states, bidx)
             target = L.mask_to_size(batch["loc_masks"].to(mlog.dtype), mlog.shape[-2:])
             out["mask_bce"], out["mask_dice"] = L.sigmoid_bce(mlog, target), L.dice(mlog, target)
             out["box_l1"], out["box_giou"] = L.box_l1_giou(boxes, batch["loc_boxes"].float())
-            total = total + w.mask_bce * out["mask_bce"] + w.mask_dice * out["mask_dice"]
-            total = total + w.box_l1 * out["box_l1"] + w.box_giou * out["box_giou"]
-        targets = batch.get("token_targets")
-        if targets is not None and hasattr(self, "token_aux") and w.token_aux:
-            is_img = batch["input_ids"] == self.prompts.image_id
-            rows = is_img.any(1)
-            img_states = hidden[is_img].reshape(int(rows.sum()), -1, hidden.shape[-1])
-            out["token_aux"] = self.token_aux.loss(img_states, targets[rows])
-            total = total + w.token_aux * out["token_aux"]
         clicks = batch.get("clicks")
         if clicks is not None and len(clicks["bidx"]):
             clog = self.mask_head.from_points(state.mask, clicks["points"], clicks["bidx"])
             ct = L.mask_to_size(clicks["masks"].to(clog.dtype), clog.shape[-2:])
             out["click"] = L.sigmoid_bce(clog, ct) + L.dice(clog, ct)
-            total = total + w.click * out["click"]
-        out["loss"] = total
+        aux_in = AuxInputs(hidden, batch["input_ids"], self.prompts.image_id, region_embeds, fed, fb)
+        for name in self.aux_names:
+            value = getattr(self, name).loss(aux_in, batch)
+            if value is not None:
+                out[name] = value
+        out["loss"] = sum(getattr(w, k) * v for k, v in out.items())
         return out

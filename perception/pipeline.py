@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perception.geometry import ImageFrame, blob_around_peak, box_from_mask
+from perception.geometry import ImageFrame, blob_around_peak
 from perception.images import load_image
 from perception.limits import DEFAULT_LIMITS, Limits
 from perception.tokens import check_region_numbers, parse_answer, split_regions
-from perception.types import Answer, Grounding, Region
+from perception.types import Answer, Region
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -159,8 +159,9 @@ class Pipeline:
 
     def stream_chat(self, image, message: str, history=None, regions=None, max_new_tokens=None):
         """Yield the answer text (markup removed) as it grows, then the final Answer."""
-        from perception.data.collate import region_geometry
+        from perception.decoding import answer_decoder
         from perception.generation import generate
+        from perception.regions import Regions
 
         lim = self.limits
         message = _clean_message(message, lim.max_prompt_chars)
@@ -183,15 +184,12 @@ class Pipeline:
         enc = self.model.prompts.encode(turns, add_generation_prompt=True, keep_placeholders=keep)
         side = self.model.config.region.mask_size * 2
         with self._lock, torch.no_grad():
-            region_embeds = None
-            if enc.region_order:
-                geo = [region_geometry(turn_regions[t][n - 1], frame, side) for t, n in enc.region_order]
-                rd = {k: torch.stack([torch.as_tensor(g[k]) for g in geo]).to(self.device) for k in geo[0]}
-                rd["bidx"] = torch.zeros(len(geo), dtype=torch.long, device=self.device)
-                region_embeds = self.model.encode_regions(state, rd)
+            rs = Regions.build([(turn_regions[t][n - 1], frame, 0) for t, n in enc.region_order], side)
+            region_embeds = self.model.encode_regions(state, rs.to(self.device) if rs is not None else None)
         ids = torch.tensor([enc.input_ids], device=self.device)
         max_new = min(max_new_tokens or lim.max_new_tokens, lim.max_new_tokens)
-        gen = generate(self.model, state, ids, region_embeds, max_new, lim.max_objects)
+        decoder = answer_decoder(self.model, state, frame, max_objects=lim.max_objects)
+        gen = generate(self.model, state, ids, region_embeds, max_new, lim.max_objects, decoder=decoder)
         new_ids = []
         # The lock is held for each decoding step, never across a yield: a web server may resume
         # this generator from another thread. ``generate`` runs under no_grad itself.
@@ -199,19 +197,15 @@ class Pipeline:
             with self._lock:
                 try:
                     new_ids.append(next(gen))
-                except StopIteration as stop:
-                    result = stop.value
+                except StopIteration:
                     break
             yield parse_answer(self._decode(new_ids)).text
         raw = self._decode(new_ids)
-        with self._lock, torch.no_grad():
-            objects = self._objects(result, state, frame, parse_answer(raw).phrases)
-        parsed = parse_answer(raw)
         new_history = history + [
             {"role": "user", "content": message, "regions": [_region_to_dict(r) for r in regions]},
             {"role": "assistant", "content": raw},
         ]
-        yield Answer(text=parsed.text, objects=objects, history=new_history, raw=raw)
+        yield Answer(text=parse_answer(raw).text, objects=decoder.objects(raw), history=new_history, raw=raw)
 
     def _decode(self, ids) -> str:
         """Generated ids -> text; byte fragments (U+FFFD) and control characters are dropped."""
@@ -219,41 +213,6 @@ class Pipeline:
         ids = [i for i in ids if i != tok.eos_token_id]
         text = tok.decode(ids, skip_special_tokens=False)
         return "".join(ch for ch in text if (ch.isprintable() or ch == "\n") and ch != "\ufffd")
-
-    def _objects(self, gen, state, frame: ImageFrame, phrases) -> list:
-        from perception.model import perception_states
-
-        if self.model.config.output_mode == "text_box":  # baseline: boxes written as text, no masks
-            from perception.baseline import parse_text_boxes
-
-            return parse_text_boxes(self._decode(gen.ids[0, gen.prompt_len:].tolist()), frame, self.limits.max_objects)
-        states, bidx, pos = perception_states(gen.hidden, gen.ids, self.model.loc_id)
-        new = pos >= gen.prompt_len
-        states, bidx = states[new], bidx[new]
-        if states.shape[0] == 0:
-            return []
-        logits, boxes = self.model.decode_states(state, states, bidx)
-        probs = frame.logits_to_pixels(logits).sigmoid().cpu().numpy()
-        thr = self.model.config.mask_head.mask_threshold
-        source = self.model.config.box_head.source
-        out = []
-        claimed = np.zeros(probs.shape[1:], bool)  # pixels earlier objects of this answer took
-        for k in range(states.shape[0]):
-            prob = np.where(claimed, 0.0, probs[k]) if self.model.config.mask_head.exclusive else probs[k]
-            if source == "mask":  # the blob around the most confident pixel: stray pixels elsewhere do not count
-                mask = blob_around_peak(prob, thr)
-                box = box_from_mask(mask)
-            else:
-                mask = prob >= thr
-                if source == "mask-full":
-                    box = box_from_mask(mask) or (0.0, 0.0, 1.0, 1.0)
-                else:
-                    box = tuple(frame.boxes_to_pixels(boxes[k].cpu().numpy()).tolist())
-            claimed |= mask
-            score = float(prob[mask].mean()) if mask.any() else 0.0
-            phrase = phrases[k] if k < len(phrases) else None
-            out.append(Grounding(box=tuple(float(v) for v in box), mask=mask, phrase=phrase, score=score))
-        return out
 
 
 def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:

@@ -18,7 +18,6 @@ from __future__ import annotations
 from perception.config import (
     BackboneConfig,
     BoxHeadConfig,
-    LossWeights,
     LoraSettings,
     MaskHeadConfig,
     PerceptionConfig,
@@ -27,15 +26,17 @@ from perception.config import (
 
 
 def _tiny() -> PerceptionConfig:
-    return PerceptionConfig(
-        preset="tiny",
-        backbone=BackboneConfig(kind="stem-llama", image_size=160, resize_mode="stretch"),
-        mask_head=MaskHeadConfig(kind="dot", dim=64, refine_layers=1, exclusive=True),
-        box_head=BoxHeadConfig(source="mask"),
-        token_aux=TokenAuxConfig(attributes=_shapesref_attributes()),
-        loss=LossWeights(token_aux=0.5, region_aux=0.5),
-        loc_feedback=True,
-    )
+    """The config defaults are this recipe; the preset adds ShapesRef's attribute words."""
+    return PerceptionConfig(preset="tiny", token_aux=TokenAuxConfig(attributes=_shapesref_attributes()))
+
+
+# The paper's path, which every preset built on a pretrained vision LLM keeps: the MLP box head's
+# box, no <loc> feedback, no exclusive decoding (the tiny recipe's additions, docs/RESULTS.md).
+_PAPER = dict(loc_feedback=False)
+
+
+def _paper_mask_head(**kw) -> MaskHeadConfig:
+    return MaskHeadConfig(exclusive=False, **kw)
 
 
 def _shapesref_attributes() -> list:
@@ -78,9 +79,10 @@ def _tiny_llava() -> PerceptionConfig:
             pixel_mean=[0.48145466, 0.4578275, 0.40821073],
             pixel_std=[0.26862954, 0.26130258, 0.27577711],
         ),
-        mask_head=MaskHeadConfig(kind="sam", dim=32, sam_variant=None),
+        mask_head=_paper_mask_head(kind="sam", dim=32, sam_variant=None),
         box_head=BoxHeadConfig(hidden=64, source="head"),
         lora=LoraSettings(enabled=True, r=4, alpha=8),
+        **_PAPER,
     )
 
 
@@ -100,11 +102,12 @@ def _llava(size: str, sam: str) -> PerceptionConfig:
             dtype="bfloat16",
             gradient_checkpointing=True,
         ),
-        mask_head=MaskHeadConfig(
+        mask_head=_paper_mask_head(
             kind="sam", dim=256, sam_variant=sam, sam_checkpoint=f"checkpoints/sam_{sam}.pth"
         ),
         box_head=BoxHeadConfig(hidden=4096 if size == "7b" else 5120, source="head"),
         lora=LoraSettings(enabled=True, r=16, alpha=32, dropout=0.05),
+        **_PAPER,
     )
 
 
@@ -141,9 +144,10 @@ def _tiny_qwen2vl() -> PerceptionConfig:
         backbone=BackboneConfig(
             kind="qwen2vl", qwen_config=qwen, image_size=56, resize_mode="pad", pixel_mean=_CLIP_MEAN, pixel_std=_CLIP_STD
         ),
-        mask_head=MaskHeadConfig(kind="sam", dim=32, sam_variant=None),
+        mask_head=_paper_mask_head(kind="sam", dim=32, sam_variant=None),
         box_head=BoxHeadConfig(hidden=64, source="head"),
         lora=LoraSettings(enabled=True, r=4, alpha=8),
+        **_PAPER,
     )
 
 
@@ -160,9 +164,10 @@ def _qwen2vl_2b() -> PerceptionConfig:
             dtype="bfloat16",
             gradient_checkpointing=True,
         ),
-        mask_head=MaskHeadConfig(kind="sam", dim=256, sam_variant="vit_h", sam_checkpoint="checkpoints/sam_vit_h.pth"),
+        mask_head=_paper_mask_head(kind="sam", dim=256, sam_variant="vit_h", sam_checkpoint="checkpoints/sam_vit_h.pth"),
         box_head=BoxHeadConfig(hidden=1536, source="head"),
         lora=LoraSettings(enabled=True, r=16, alpha=32, dropout=0.05),
+        **_PAPER,
     )
 
 

@@ -108,8 +108,8 @@ def test_collator_text_box_mode_ce_only(text_box_model):
 
 
 def test_pipeline_text_box_objects(text_box_model):
-    """Pipeline._objects reads boxes from the generated text in text_box mode (no masks)."""
-    from perception.generation import Generated
+    """The text_box answer decoder reads boxes from the generated text (no masks)."""
+    from perception.decoding import answer_decoder
     from perception.pipeline import Pipeline
 
     m = text_box_model.eval()
@@ -119,8 +119,7 @@ def test_pipeline_text_box_objects(text_box_model):
 
     image, (frame, state) = pipe._prepare(Image.fromarray(img))
     ids = m.prompts.assistant("<p>the red circle</p>[0.10,0.20,0.50,0.60]")
-    gen = Generated(torch.tensor([[1, 2] + ids]), torch.zeros(1, len(ids) + 2, 64), 2)
-    objs = pipe._objects(gen, state, frame, [])
+    objs = answer_decoder(m, state, frame, max_objects=12).objects(pipe._decode(ids))
     assert len(objs) == 1 and objs[0].mask is None and objs[0].phrase == "the red circle"
     assert np.allclose(objs[0].box, (20, 24, 100, 72))
     ans = pipe.chat(Image.fromarray(img), "Find the red circle")  # untrained: any text, never a crash

@@ -72,7 +72,7 @@ def test_roi_region_encoder_sees_shape_of_small_objects(tiny_model):
     assert (crops[0] - crops[1]).abs().sum() > 5
     enc = tiny_model.region_encoder
     pixels = torch.zeros(2, tiny_model.config.mask_head.dim, 80, 80)
-    out = enc(torch.tensor([False, False]), boxes, torch.stack([a, b]), pixels)
+    out = enc(boxes, torch.stack([a, b]), pixels)
     assert out.shape == (2, tiny_model.backbone.hidden_size)
     assert not torch.allclose(out[0], out[1])
 
@@ -96,20 +96,30 @@ def test_warm_start_copies_shared_tensors(tmp_path):
     small = {"backbone": {"text": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
                           "stem": {"channels": [8, 16, 32, 48], "token_grid": 10}},
              "mask_head": {"dim": 32}}
-    old = build_model(TrainConfig.from_dict({"model": "tiny", "model_overrides": {**small, "region": {"mode": "frame"}}}))
+    # the old model has a wider region encoder: same-named tensors of another shape stay fresh
+    old = build_model(TrainConfig.from_dict({"model": "tiny", "model_overrides": {**small, "region": {"hidden": 64}}}))
     save_pretrained(old, tmp_path / "old")
     new = build_model(TrainConfig.from_dict({"model": "tiny", "init_from": str(tmp_path / "old"), "model_overrides": small}))
     assert torch.equal(new.backbone.stem.stages[0][0].weight, old.backbone.stem.stages[0][0].weight)
-    assert torch.equal(new.region_encoder.box_mlp[0].weight, old.region_encoder.box_mlp[0].weight)
-    assert hasattr(new.region_encoder, "roi_cnn") and not hasattr(new.region_encoder, "mask_cnn")
+    assert not torch.equal(new.region_encoder.box_mlp[0].weight[:64], old.region_encoder.box_mlp[0].weight)
+    assert new.region_encoder.box_mlp[0].weight.shape[0] == 128
 
 
-def test_region_mode_is_checked():
-    from perception.config import RegionEncoderConfig
-    from perception.heads import RegionEncoder
+def test_retired_options_of_saved_configs():
+    """A saved config holding a retired option's surviving value loads; any other value is refused by name."""
+    from perception.config import BoxHeadConfig, PerceptionConfig
+    from perception.heads import BoxHead
+    from perception.presets import get_preset
 
-    with pytest.raises(ValueError, match="region.mode"):
-        RegionEncoder(RegionEncoderConfig(mode="crop"), 64, 32)
+    d = get_preset("tiny").to_dict()
+    d["version"] = 1
+    d["region"]["mode"] = "roi"
+    assert PerceptionConfig.from_dict(d) == get_preset("tiny")
+    d["region"]["mode"] = "frame"
+    with pytest.raises(ValueError, match="region.mode='frame'.*commit"):
+        PerceptionConfig.from_dict(d)
+    with pytest.raises(ValueError, match="box_head.source"):
+        BoxHead(BoxHeadConfig(source="mask-full"), 64)
 
 
 def test_loc_feedback_training_and_generation_agree(tiny_model, tiny_tokenizer):
@@ -117,7 +127,8 @@ def test_loc_feedback_training_and_generation_agree(tiny_model, tiny_tokenizer):
     generation does with the object it decoded: given the same mask, both give the same logits."""
     from perception.data.collate import Collator
     from perception.data.shapesref import make_sample
-    from perception.generation import _feedback
+    from perception.decoding import ObjectDecoder
+    from perception.geometry import ImageFrame
 
     assert tiny_model.config.loc_feedback
     col = Collator(tiny_model.config, tiny_tokenizer, tiny_model.backbone.num_image_tokens)
@@ -133,9 +144,12 @@ def test_loc_feedback_training_and_generation_agree(tiny_model, tiny_tokenizer):
         is_loc = ids[0] == tiny_model.loc_id
         assert torch.allclose(fed[0, is_loc], plain[0, is_loc] + fb)
         assert torch.equal(fed[0, ~is_loc], plain[0, ~is_loc])
-        out, claimed = _feedback(tiny_model, state, torch.randn(1, tiny_model.backbone.hidden_size), None)
-        assert out.shape == (1, 1, tiny_model.backbone.hidden_size)
-        assert claimed.shape == batch["loc_masks"].shape[-2:] and claimed.any()
+        S = tiny_model.config.backbone.image_size
+        decoder = ObjectDecoder(tiny_model, state, ImageFrame(S, S, S))
+        out = decoder(torch.randn(1, tiny_model.backbone.hidden_size))
+        assert out.shape == (1, tiny_model.backbone.hidden_size)
+        (obj,) = decoder.decoded
+        assert obj.mask.shape == (S, S) and obj.mask.any()
         loss = tiny_model(batch)["loss"]
         assert torch.isfinite(loss)
 
@@ -175,28 +189,38 @@ def test_model_trains_region_aux(tiny_model, tiny_tokenizer):
 
 
 def test_exclusive_decoding_grounds_each_object_once(tiny_model, monkeypatch):
-    """Two <loc>s whose mask logits peak on the same object: by default both report it; with
-    mask_head.exclusive the second takes the next object."""
-    from perception.generation import Generated
+    """Two <loc>s whose mask logits peak on the same object: without exclusive decoding both report
+    it; with mask_head.exclusive the second takes the next object."""
+    from perception.decoding import ObjectDecoder
     from perception.geometry import ImageFrame
-    from perception.pipeline import Pipeline
 
-    pipe = Pipeline(tiny_model, torch.device("cpu"))
-    logits = torch.full((2, 80, 80), -10.0)
+    logits = torch.full((1, 80, 80), -10.0)
     logits[:, 10:20, 10:20] = 5.0  # object 1, the peak
     logits[:, 50:60, 50:60] = 2.0  # object 2, less confident
     monkeypatch.setattr(tiny_model, "decode_states", lambda state, states, bidx: (logits[: len(states)], torch.zeros(len(states), 4)))
+    monkeypatch.setattr(tiny_model, "feedback_embeds", lambda state, masks, bidx: torch.zeros(len(masks), 4))
     D = tiny_model.backbone.hidden_size
-    loc = tiny_model.loc_id
-    gen = Generated(ids=torch.tensor([[1, loc, 2, loc]]), hidden=torch.zeros(1, 4, D), prompt_len=1)
     frame = ImageFrame(80, 80, 160)
     cfg = tiny_model.config.mask_head
+
+    def decode_two():
+        dec = ObjectDecoder(tiny_model, _FakeState(), frame)
+        dec(torch.zeros(1, D))
+        dec(torch.zeros(1, D))
+        return dec.objects("<p>x</p><loc><p>y</p><loc>")
+
     try:
         cfg.exclusive = False
-        a, b = pipe._objects(gen, None, frame, ["x", "y"])
+        a, b = decode_two()
         assert a.box == b.box == (10.0, 10.0, 20.0, 20.0)
         cfg.exclusive = True
-        a, b = pipe._objects(gen, None, frame, ["x", "y"])
+        a, b = decode_two()
         assert a.box == (10.0, 10.0, 20.0, 20.0) and b.box == (50.0, 50.0, 60.0, 60.0)
+        assert (a.phrase, b.phrase) == ("x", "y")
     finally:
-        cfg.exclusive = False
+        cfg.exclusive = True
+
+
+class _FakeState:
+    class mask:
+        pixels = torch.zeros(1, 1, 80, 80)

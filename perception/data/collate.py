@@ -9,114 +9,104 @@ import numpy as np
 import torch
 
 from perception.data.sample import Sample
-from perception.data.token_targets import object_targets, token_targets
-from perception.geometry import ImageFrame, box_from_mask, box_iou, mask_iou
+from perception.geometry import ImageFrame, box_iou, mask_iou
+from perception.heads.aux import SampleObjects
 from perception.processing import backbone_pixels, mask_side, sam_pixels
 from perception.prompting import IGNORE, PromptEncoder
+from perception.regions import Regions
 
 
 class Collator:
-    """Callable that builds a batch dict from a list of Samples.
+    """Callable that builds a batch dict from a list of Samples (``PerceptionModel.forward``'s input).
 
     click_teacher: probability that a point region is encoded from its object's true mask
     instead of the click head's prediction (the click head is immature early in training).
+    The text-box baseline's samples are rewritten first (perception/baseline.py): no <loc>, no
+    click auxiliary, no auxiliary heads.
     """
 
     def __init__(self, config, tokenizer, num_image_tokens: int, clicks_per_image: int = 1,
                  click_teacher: float = 0.5, seed: int = 0):
+        from perception.heads.aux import enabled_aux_heads
+
         self.config = config
         self.prompts = PromptEncoder(tokenizer, num_image_tokens)
         self.side = mask_side(config)
         self.region_side = config.region.mask_size * 2
         self.token_grid = int(round(num_image_tokens ** 0.5))  # image tokens form a square grid (token targets)
-        self.clicks_per_image = 0 if config.output_mode == "text_box" else clicks_per_image  # baseline: no click auxiliary
+        self.text_box = config.output_mode == "text_box"
+        self.clicks_per_image = 0 if self.text_box else clicks_per_image
+        self.aux = enabled_aux_heads(config)
+        self.sam_side = config.mask_head.sam_image_size if config.mask_head.kind == "sam" and config.mask_head.sam_variant else None
         self.click_teacher = click_teacher
         self.rng = np.random.default_rng(seed)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def __call__(self, samples: list[Sample]) -> dict:
-        cfg = self.config
-        if cfg.output_mode == "text_box":  # baseline: boxes as text, no <loc>, heads get no targets
+        if self.text_box:
             from perception.baseline import to_text_boxes
 
-            samples = [to_text_boxes(s, cfg.backbone) for s in samples]
-        ids, labels = [], []
-        loc_masks, loc_boxes, loc_fed = [], [], []
-        reg = {k: [] for k in ("bidx", "is_box", "is_point", "boxes", "masks", "points", "use_mask")}
-        clk = {"bidx": [], "points": [], "masks": []}
-        pixels, sam = [], []
-        # dense token targets; the text_box baseline trains on cross-entropy only
-        aux = cfg.token_aux if cfg.token_aux.attributes and cfg.loss.token_aux and cfg.output_mode != "text_box" else None
-        tok_t = []
-        # attribute targets of each <loc>'s and each region's object (region read-out)
-        obj_aux = cfg.token_aux if cfg.token_aux.attributes and cfg.loss.region_aux and cfg.output_mode != "text_box" else None
-        loc_attrs, region_attrs = [], []
+            samples = [to_text_boxes(s, self.config.backbone) for s in samples]
+        ids, labels, loc_masks, loc_boxes, loc_fed, clicks, regions, teacher = [], [], [], [], [], [], [], []
+        aux = {}
         for b, s in enumerate(samples):
-            W, H = s.image.size
-            frame = ImageFrame(W, H, cfg.backbone.image_size, cfg.backbone.resize_mode)
-            pixels.append(backbone_pixels(s.image, cfg.backbone))
-            if cfg.mask_head.kind == "sam" and cfg.mask_head.sam_variant:
-                sam.append(sam_pixels(s.image, cfg.mask_head.sam_image_size))
-            if aux is not None:
-                tok_t.append(token_targets(s.labels, s.masks, s.boxes, frame, self.token_grid, aux.attributes, aux.min_cover))
-            objs = object_targets(s.labels, obj_aux.attributes) if obj_aux is not None and len(s.labels) else None
+            frame = ImageFrame(*s.image.size, self.config.backbone.image_size, self.config.backbone.resize_mode)
             enc = self.prompts.encode([(t.user, t.assistant) for t in s.turns])
             ids.append(enc.input_ids)
             labels.append(enc.labels)
-            for ti, t in enumerate(s.turns):
-                for k in t.targets:
-                    loc_fed.append(ti == len(s.turns) - 1)  # generation feeds back only the answer being written
-                    loc_masks.append(frame.mask_to_model(s.masks[k], self.side))
-                    loc_boxes.append(torch.tensor(frame.boxes_to_model(s.boxes[k]), dtype=torch.float32))
-                    if objs is not None:
-                        loc_attrs.append(objs[k])
-            for ti, n in enc.region_order:
-                region = s.turns[ti].regions[n - 1]
-                self._add_region(reg, b, s, region, frame)
-                if objs is not None:
-                    k = region_object(s, region)
-                    region_attrs.append(objs[k] if k is not None else torch.full_like(objs[0], IGNORE))
-            for _ in range(self.clicks_per_image if len(s.boxes) else 0):
-                k = int(self.rng.integers(len(s.boxes)))
-                ys, xs = np.nonzero(s.masks[k])
-                j = int(self.rng.integers(len(xs)))
-                clk["bidx"].append(b)
-                clk["points"].append(torch.tensor(frame.points_to_model((xs[j], ys[j])), dtype=torch.float32))
-                clk["masks"].append(frame.mask_to_model(s.masks[k], self.side))
+            locs = [(ti, k) for ti, t in enumerate(s.turns) for k in t.targets]
+            for ti, k in locs:
+                loc_fed.append(ti == len(s.turns) - 1)  # generation feeds back only the answer being written
+                loc_masks.append(frame.mask_to_model(s.masks[k], self.side))
+                loc_boxes.append(torch.tensor(frame.boxes_to_model(s.boxes[k]), dtype=torch.float32))
+            placed = [s.turns[ti].regions[n - 1] for ti, n in enc.region_order]
+            regions += [(r, frame, b) for r in placed]
+            teacher += [self._teacher_mask(s, r) for r in placed]
+            clicks += [(b, frame, s.masks[k]) for k in self._click_objects(s)]
+            objs = SampleObjects(s, frame, self.token_grid, [k for _, k in locs], [region_object(s, r) for r in placed])
+            for head in self.aux:
+                for key, value in head.sample_targets(self.config, objs).items():
+                    aux.setdefault(key, []).append(value)
         T = max(map(len, ids))
         batch = {
-            "pixel_values": torch.stack(pixels),
+            "pixel_values": torch.stack([backbone_pixels(s.image, self.config.backbone) for s in samples]),
             "input_ids": torch.tensor([x + [self.pad_id] * (T - len(x)) for x in ids]),
             "labels": torch.tensor([x + [IGNORE] * (T - len(x)) for x in labels]),
             "attention_mask": torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x in ids]),
             "loc_masks": torch.stack(loc_masks) if loc_masks else torch.zeros(0, self.side, self.side),
             "loc_boxes": torch.stack(loc_boxes) if loc_boxes else torch.zeros(0, 4),
             "loc_fed": torch.tensor(loc_fed, dtype=torch.bool),
-            "regions": _stack(reg) if reg["bidx"] else None,
-            "clicks": _stack(clk) if clk["bidx"] else None,
+            "regions": Regions.build(regions, self.region_side, teacher),
+            "clicks": self._clicks(clicks),
         }
-        if tok_t:
-            batch["token_targets"] = torch.stack(tok_t)
-        if obj_aux is not None:
-            G = len(obj_aux.attributes)
-            batch["loc_attrs"] = torch.stack(loc_attrs) if loc_attrs else torch.zeros(0, G, dtype=torch.long)
-            batch["region_attrs"] = torch.stack(region_attrs) if region_attrs else torch.zeros(0, G, dtype=torch.long)
-        if sam:
-            batch["mask_pixel_values"] = torch.stack(sam)
+        batch.update({k: torch.cat(v) for k, v in aux.items()})
+        if self.sam_side:
+            batch["mask_pixel_values"] = torch.stack([sam_pixels(s.image, self.sam_side) for s in samples])
         return batch
 
-    def _add_region(self, reg, b, s: Sample, region, frame: ImageFrame):
-        g = region_geometry(region, frame, self.region_side)
-        g["use_mask"] = False
-        if region.kind == "point":  # teacher forcing: sometimes encode the clicked object's true mask
-            x, y = int(region.point[0]), int(region.point[1])
-            hits = [k for k in range(len(s.masks)) if s.masks[k][y, x]]
-            if hits and self.rng.random() < self.click_teacher:
-                g["masks"] = frame.mask_to_model(s.masks[hits[-1]], self.region_side)
-                g["use_mask"] = True
-        reg["bidx"].append(b)
-        for k, v in g.items():
-            reg[k].append(v)
+    def _teacher_mask(self, s: Sample, region):
+        """Teacher forcing: with probability ``click_teacher`` a point region is encoded from the
+        true mask of the object under it (None: the click path decides)."""
+        if region.kind != "point":
+            return None
+        k = region_object(s, region)
+        return s.masks[k] if k is not None and self.rng.random() < self.click_teacher else None
+
+    def _click_objects(self, s: Sample) -> list:
+        return [int(self.rng.integers(len(s.boxes))) for _ in range(self.clicks_per_image if len(s.boxes) else 0)]
+
+    def _clicks(self, clicks: list):
+        """[(batch row, frame, (H, W) object mask)] -> the click auxiliary's {"bidx", "points", "masks"}
+        (one random pixel of each mask, normalised model frame), or None."""
+        if not clicks:
+            return None
+        points = []
+        for _, frame, mask in clicks:
+            ys, xs = np.nonzero(mask)
+            j = int(self.rng.integers(len(xs)))
+            points.append(torch.tensor(frame.points_to_model((xs[j], ys[j])), dtype=torch.float32))
+        return {"bidx": torch.tensor([b for b, _, _ in clicks]), "points": torch.stack(points),
+                "masks": torch.stack([frame.mask_to_model(m, self.side) for _, frame, m in clicks])}
 
 
 def region_object(s: Sample, region) -> int | None:
@@ -135,55 +125,10 @@ def region_object(s: Sample, region) -> int | None:
     return int(iou.argmax()) if iou.max() > 0 else None
 
 
-def region_geometry(region, frame: ImageFrame, side: int) -> dict:
-    """A Region in pixels -> the region encoder's inputs in the normalised model frame.
-
-    Returns {"is_box", "is_point", "boxes" (4,), "masks" (side, side), "points" (2,)}; a point's
-    mask is left empty (the model fills it through the click path).
-    """
-    point = torch.zeros(2)
-    if region.kind == "box":
-        box = frame.boxes_to_model(region.box)
-        mask = box_mask(box, side)
-    elif region.kind == "mask":
-        mask = frame.mask_to_model(region.mask, side)
-        tb = box_from_mask(region.mask)
-        box = frame.boxes_to_model(tb) if tb else np.zeros(4)
-    else:
-        mask = torch.zeros(side, side)
-        box = np.zeros(4)
-        point = torch.tensor(frame.points_to_model(region.point), dtype=torch.float32)
-    return {
-        "is_box": region.kind == "box",
-        "is_point": region.kind == "point",
-        "boxes": torch.tensor(box, dtype=torch.float32),
-        "masks": mask,
-        "points": point,
-    }
-
-
-def box_mask(box_norm, side: int) -> torch.Tensor:
-    """A normalised corner box rasterised as a filled (side, side) float mask."""
-    x1, y1, x2, y2 = (np.asarray(box_norm) * side).tolist()
-    m = torch.zeros(side, side)
-    m[int(np.floor(y1)) : max(int(np.ceil(y2)), int(np.floor(y1)) + 1), int(np.floor(x1)) : max(int(np.ceil(x2)), int(np.floor(x1)) + 1)] = 1
-    return m
-
-
-def _stack(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v[0], torch.Tensor):
-            out[k] = torch.stack(v)
-        else:
-            out[k] = torch.tensor(v)
-    return out
-
-
 def to_device(batch: dict, device) -> dict:
     out = {}
     for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
+        if isinstance(v, (torch.Tensor, Regions)):
             out[k] = v.to(device)
         elif isinstance(v, dict):
             out[k] = to_device(v, device)

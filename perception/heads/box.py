@@ -11,8 +11,12 @@ from perception.geometry import cxcywh_to_xyxy
 class BoxHead(nn.Module):
     """(K, D) perception-token states -> (K, 4) boxes, corners in the normalised model frame."""
 
+    SOURCES = ("mask", "head")  # BoxHeadConfig.source: which box an answer reports
+
     def __init__(self, cfg, lm_dim: int):
         super().__init__()
+        if cfg.source not in self.SOURCES:
+            raise ValueError(f"box_head.source must be one of {self.SOURCES}; got {cfg.source!r}")
         dims = [lm_dim] + [cfg.hidden] * (cfg.layers - 1)
         layers = []
         for a, b in zip(dims[:-1], dims[1:]):

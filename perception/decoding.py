@@ -1,0 +1,83 @@
+"""Answer objects: each perception token decoded once, during generation.
+
+``ObjectDecoder`` turns the last-layer state that predicted a ``<loc>`` (perception_states' rule:
+the state at t - 1) into the object the answer reports -- its mask, box and score in input-image
+pixels -- and, for models with ``loc_feedback``, into the embedding added to that ``<loc>``'s input
+before the next step. The mask fed back is the mask reported, so later tokens know exactly which
+object was grounded. With ``mask_head.exclusive`` each ``<loc>`` of an answer takes its pixels
+from those no earlier ``<loc>`` of the answer took.
+
+Generation calls the decoder once per ``<loc>`` (perception.generation); the pipeline pairs the
+decoded objects with the answer's phrases (``objects``). ``answer_decoder`` picks the decoder for a
+model's output mode (the text-box baseline reads its boxes from the text instead:
+perception/baseline.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from perception.geometry import ImageFrame, blob_around_peak, box_from_mask
+from perception.tokens import parse_answer
+from perception.types import Grounding
+
+
+class ObjectDecoder:
+    """Decodes the ``<loc>`` states of one answer about one image.
+
+    model: a PerceptionModel; state: its ImageState for a batch holding the image at row ``bidx``;
+    frame: the ImageFrame mapping that image to the model frame. ``decoded`` holds one Grounding
+    (phrase None) per ``<loc>`` so far, in order.
+    """
+
+    def __init__(self, model, state, frame: ImageFrame, bidx: int = 0):
+        self.model = model
+        self.state = state
+        self.frame = frame
+        self.decoded: list[Grounding] = []
+        self._bidx = torch.tensor([bidx], dtype=torch.long, device=state.mask.pixels.device)
+        self._claimed = np.zeros((frame.height, frame.width), bool)  # pixels earlier <loc>s took
+
+    @torch.no_grad()
+    def __call__(self, loc_state: torch.Tensor):
+        """(1, D) state that predicted a ``<loc>`` -> the (1, D) embedding to add to that ``<loc>``'s
+        input (None when the model does not feed back). Records the decoded object."""
+        cfg = self.model.config
+        logits, box_norm = self.model.decode_states(self.state, loc_state, self._bidx)
+        prob = self.frame.logits_to_pixels(logits).sigmoid()[0].cpu().numpy()
+        if cfg.mask_head.exclusive:
+            prob = np.where(self._claimed, 0.0, prob)
+        thr = cfg.mask_head.mask_threshold
+        if cfg.box_head.source == "mask":  # the blob around the most confident pixel: stray pixels elsewhere do not count
+            mask = blob_around_peak(prob, thr)
+            box = box_from_mask(mask)
+        else:  # "head": the paper's MLP on the state
+            mask = prob >= thr
+            box = tuple(self.frame.boxes_to_pixels(box_norm[0].float().cpu().numpy()).tolist())
+        self._claimed |= mask
+        score = float(prob[mask].mean()) if mask.any() else 0.0
+        self.decoded.append(Grounding(box=tuple(float(v) for v in box), mask=mask, score=score))
+        if not cfg.loc_feedback:
+            return None
+        side = logits.shape[-1]
+        fed = self.frame.mask_to_model(mask, side).to(device=logits.device, dtype=self.state.mask.pixels.dtype)
+        return self.model.feedback_embeds(self.state, fed[None], self._bidx)
+
+    def objects(self, raw: str) -> list[Grounding]:
+        """The answer's objects, each paired with the ``<p>phrase</p>`` its ``<loc>`` follows
+        (``parse_answer``'s pairing; None when a ``<loc>`` has no phrase)."""
+        phrases = parse_answer(raw).phrases
+        return [dataclasses.replace(g, phrase=phrases[k] if k < len(phrases) else None)
+                for k, g in enumerate(self.decoded)]
+
+
+def answer_decoder(model, state, frame: ImageFrame, bidx: int = 0, max_objects: int | None = None):
+    """The decoder for ``model``'s output mode: ``ObjectDecoder``, or the text-box baseline's."""
+    if model.config.output_mode == "text_box":
+        from perception.baseline import TextBoxDecoder
+
+        return TextBoxDecoder(frame, max_objects)
+    return ObjectDecoder(model, state, frame, bidx)
