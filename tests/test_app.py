@@ -18,10 +18,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from perception import Answer, Grounding, Limits  # noqa: E402
-from perception.data.jsonl import rle_decode, rle_encode  # noqa: E402
+from perception import PALETTE, Answer, Grounding, Limits, color_hex, rle_decode, rle_encode  # noqa: E402
 from perception.data.shapesref import draw_scene  # noqa: E402
-from perception.render import PALETTE, color_hex  # noqa: E402
 
 from app import format as fmt  # noqa: E402
 from app import handlers as h  # noqa: E402

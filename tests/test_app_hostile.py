@@ -84,7 +84,7 @@ IMAGE_FILES = {  # file name -> bytes; written once per module
 
 
 def _rle(h: int, w: int, on: bool = False) -> dict:
-    from perception.data.jsonl import rle_encode
+    from perception import rle_encode
 
     m = np.zeros((h, w), bool)
     if on:
@@ -417,11 +417,11 @@ def test_server_files_are_not_readable_through_the_api(server, env, path):
      {"role": "assistant", "content": "d"}, {"role": "user", "content": "e"}],
 ], ids=["empty", "junk", "four_turns", "junk_around_turns", "unpaired"])
 def test_recent_history_keeps_the_turns_the_pipeline_reads(history, max_turns):
-    """The app passes only fmt.recent_history to the model: the pipeline must read the same turns."""
-    from app import format as fmt
+    """The app passes only perception.recent_messages to the model: the pipeline must read the same turns."""
+    from perception import recent_messages
     from perception.pipeline import _history_turns
 
-    recent = fmt.recent_history(history, max_turns)
+    recent = recent_messages(history, max_turns)
     assert history[len(history) - len(recent):] == recent  # a tail
     assert _history_turns(recent, max_turns, (8, 8)) == _history_turns(history, max_turns, (8, 8))
 
