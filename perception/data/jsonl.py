@@ -203,9 +203,10 @@ class JsonlDataset:
         return len(self._offsets)
 
     def __getitem__(self, i: int) -> Sample:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} samples")
-        pos, lineno = self._offsets[i]
+        try:
+            pos, lineno = self._offsets[i]  # negative indices count from the end, as for a list
+        except IndexError:
+            raise IndexError(f"index {i} out of range for {len(self)} samples") from None
         with open(self.path, "rb") as f:
             f.seek(pos)
             line = f.readline().decode("utf-8")
