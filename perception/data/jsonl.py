@@ -27,9 +27,7 @@ from PIL import Image
 
 from perception.data.sample import Sample, Turn
 from perception.geometry import box_from_mask
-from perception.maskformat import (  # noqa: F401  (rle_* and region_* are also read from here)
-    plain_number, region_from_json, region_to_json, rle_decode, rle_encode, rle_size,
-)
+from perception.maskformat import plain_number, region_from_json, region_to_json, rle_decode, rle_encode
 
 IMAGE_DIR = "images"
 JSONL_NAME = "data.jsonl"
