@@ -276,3 +276,18 @@ def test_prompt_is_fitted_to_the_context(tiny_model):
 def test_a_message_within_the_limit_but_over_the_context_is_refused(pipe, scene):
     with pytest.raises(ValueError, match="context of 1,024 tokens"):
         pipe.chat(scene.image, "Find " + "y" * 1990)
+
+
+def test_history_pairing_known_answers():
+    """One pairing for the pipeline and the app: a user message then an assistant one, junk skipped,
+    a user message replaced by the next one."""
+    msgs = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, 7,
+            {"role": "assistant", "content": "c"}, {"role": "assistant", "content": "d"},
+            {"role": "user", "content": None}, {"role": "user", "content": "e"}, {"role": "assistant", "content": "f"}]
+    assert perception.pair_turns(msgs) == [(1, 3), (6, 7)]
+    assert perception.recent_turns(msgs, 1) == [(6, 7)] and perception.recent_turns(msgs, 0) == []
+    assert perception.recent_turns(msgs, -1) == perception.recent_turns(msgs, 9) == [(1, 3), (6, 7)]
+    assert perception.recent_messages(msgs, 1) == msgs[6:] and perception.recent_messages(msgs, 2) == msgs[1:]
+    perception.check_turn_lengths(msgs, [(1, 3)], max_chars=1)
+    with pytest.raises(ValueError, match="history message 9 \\(user\\) has 1 characters; the limit is 0"):
+        perception.check_turn_lengths(msgs, [(6, 7)], max_chars=0, first=3)
