@@ -9,8 +9,8 @@ import html
 
 import gradio as gr
 
-from perception import Answer
-from perception.render import answer_json, draw_overlay
+import perception
+from perception import Answer, answer_json, draw_overlay
 
 from app import format as fmt
 from app import model
@@ -49,8 +49,11 @@ def api_chat(image, message: str, regions, history):
         regs = fmt.parse_regions(regions, img.size, lim.max_regions)
         hist = fmt.parse_history(history)
         # the model sees only the last turns: older ones go back to the client untouched, never decoded
-        recent = fmt.recent_history(hist, lim.max_history_turns)
-        fmt.check_history_regions(recent, img.size, lim.max_regions, first=len(hist) - len(recent) + 1)
+        recent = perception.recent_messages(hist, lim.max_history_turns)
+        first = len(hist) - len(recent) + 1  # the position of recent[0] in the client's history
+        perception.check_turn_lengths(recent, perception.recent_turns(recent, lim.max_history_turns),
+                                      lim.max_prompt_chars, first)
+        fmt.check_history_regions(recent, img.size, lim.max_regions, first)
         fmt.check_placeholders(message, len(regs))
     except ValueError as e:
         raise error(str(e)) from None

@@ -11,9 +11,7 @@ import html
 import json
 import re
 
-from perception import Region
-from perception.data.jsonl import region_from_json
-from perception.render import color_hex
+from perception import Region, color_hex, excerpt, region_from_json
 
 PLACEHOLDER = re.compile(r"<region(\d+)>")
 
@@ -83,13 +81,7 @@ def parse_regions(value, size: tuple[int, int] | None = None, max_regions: int |
     RLE of a few bytes can claim any size). max_regions: more regions than this is an error, also
     before any decoding. Raises ValueError naming the problem.
     """
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return []
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as e:  # JSONDecodeError, or a number of over 4300 digits
-            raise ValueError(f"regions must be a JSON list; could not parse it ({_json_problem(e)})") from None
+    value = _load_json(value, "regions must be a JSON list")
     if not isinstance(value, list):
         raise ValueError(f"regions must be a JSON list of {{point|box|mask}} objects; got {type(value).__name__}")
     if max_regions is not None and len(value) > max_regions:
@@ -107,8 +99,24 @@ def parse_regions(value, size: tuple[int, int] | None = None, max_regions: int |
     return out
 
 
-def _json_problem(e: ValueError) -> str:
-    return f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
+def _load_json(value, what: str):
+    """The API's JSON argument: a string is parsed (None and blank text are ``[]``), anything else
+    is taken as already parsed. ValueError starting with ``what`` when the text is not JSON, including
+    JSON nested too deeply for the parser (json.loads raises RecursionError there, which would
+    otherwise reach the client as Gradio's generic error)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        problem = f"{e.msg} at column {e.colno}"
+    except ValueError as e:  # a number of over 4300 digits
+        problem = str(e).split(";")[0]
+    except RecursionError:
+        problem = "it is nested too deeply"
+    raise ValueError(f"{what}; could not parse it ({problem})") from None
 
 
 def _check_mask_size(d, hw: tuple[int, int] | None) -> None:
@@ -118,46 +126,17 @@ def _check_mask_size(d, hw: tuple[int, int] | None) -> None:
     try:
         claimed = tuple(int(v) for v in d["mask"]["size"])
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"mask size must be [h, w] integers; got {str(d['mask']['size'])[:40]}") from None
+        raise ValueError(f"mask size must be [h, w] integers; got {excerpt(d['mask']['size'])}") from None
     if claimed != tuple(hw):
         raise ValueError(f"mask is {'x'.join(map(str, claimed))} (h x w) but the image is {hw[0]}x{hw[1]}")
 
 
 def parse_history(value) -> list:
     """The API's ``history`` argument (JSON string or list, messages format) -> list."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return []
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as e:
-            raise ValueError(f"history must be a JSON list of messages; could not parse it ({_json_problem(e)})") from None
+    value = _load_json(value, "history must be a JSON list of messages")
     if not isinstance(value, list):
         raise ValueError(f"history must be a list of {{role, content}} messages; got {type(value).__name__}")
     return value
-
-
-def recent_history(messages: list, max_turns: int) -> list:
-    """The tail of a messages-format history that holds its last ``max_turns`` complete turns.
-
-    A turn is a user message followed by an assistant message (both with text contents; anything
-    else is skipped), paired as ``perception.Pipeline`` pairs them, so the pipeline sees the same
-    turns in the tail as in the whole history but never reads (or decodes the regions of) older ones.
-    """
-    if max_turns < 0:
-        return list(messages)
-    starts, pending = [], None
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-            continue
-        if m.get("role") == "user":
-            pending = i
-        elif m.get("role") == "assistant" and pending is not None:
-            starts.append(pending)
-            pending = None
-    if max_turns == 0 or not starts:
-        return []
-    return list(messages[starts[-max_turns] if len(starts) >= max_turns else starts[0]:])
 
 
 def check_history_regions(messages: list, size: tuple[int, int], max_regions: int, first: int = 1) -> None:
@@ -243,3 +222,20 @@ def append_placeholder(message: str, number: int) -> str:
     """The message with `` <region{number}>`` added at the end."""
     message = (message or "").rstrip()
     return f"{message} <region{number}>" if message else f"<region{number}>"
+
+
+# --- suggested messages -------------------------------------------------------------------------
+
+FIRST_PROMPTS = ("Find all the triangles.", "Find the red circle.", "How many squares are there?")
+
+
+def suggested_prompts(n_regions: int) -> list[str]:
+    """Messages the app offers under the message box: requests about the scene, or, once a click has
+    added ``<region{n_regions}>``, requests about that region. The same-as-a-region request is
+    worded as ShapesRef's training data words it ("color", not "colour"; ../shared/SHAPESREF.md v2).
+    """
+    if n_regions < 1:
+        return list(FIRST_PROMPTS)
+    r = f"<region{n_regions}>"
+    return [f"Find all the objects with the same color as {r}.", f"Find all the objects with the same shape as {r}.",
+            f"What is {r}?"]

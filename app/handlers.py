@@ -25,10 +25,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from perception import Answer, Region
-from perception.data.jsonl import rle_decode, rle_encode
-from perception.images import load_image
-from perception.render import answer_json, draw_overlay
+from perception import Answer, Region, answer_json, draw_overlay, load_image, rle_decode, rle_encode
 
 from app import format as fmt
 from app import model
@@ -308,6 +305,16 @@ def chat(sess: dict, message: str, show_masks: bool = True, show_boxes: bool = T
     jfile, pfile = export_files(answer, overlay)
     yield (s, shown, skip, regions_view(s), region_dropdown(s), overlay, answer_json(answer), jfile, pfile,
            answer_status(s))
+
+
+def suggestions(sess: dict):
+    """The suggested messages for the session's pending regions (after a click: about the new region)."""
+    return gr.Dataset(samples=[[p] for p in fmt.suggested_prompts(len((sess or {}).get("regions") or []))])
+
+
+def use_suggestion(sample) -> str:
+    """A picked suggestion (the Dataset's sample: [message]) -> the message box's text."""
+    return sample[0] if isinstance(sample, (list, tuple)) and sample else str(sample or "")
 
 
 def redraw(sess: dict, show_masks: bool, show_boxes: bool):

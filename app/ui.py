@@ -10,6 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app import api
+from app import format as fmt
 from app import handlers as h
 from app import model
 
@@ -24,6 +25,8 @@ and the phrase naming it in the chat has **the same colour**.
 3. **Refer** to something by clicking it: a click segments the object and adds `<region1>`
    (then `<region2>`, ...) to your message, e.g. *What is &lt;region1&gt;?* In **box** mode, click two
    opposite corners instead (or type the corners below). Remove regions one by one, or clear them.
+   After a click, **Try** offers requests about that region, e.g. *Find all the objects with the
+   same color as &lt;region1&gt;.*
 """
 
 CSS = """
@@ -124,6 +127,8 @@ def build_app() -> gr.Blocks:
                         max_length=lim.max_prompt_chars, scale=5, elem_id="message", submit_btn=False,
                     )
                     send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
+                suggest = gr.Dataset(components=[msg], samples=[[p] for p in fmt.suggested_prompts(0)],
+                                     label="Try", type="values", elem_id="suggestions", layout="table")
                 with gr.Row():
                     show_masks = gr.Checkbox(True, label="Masks", elem_id="show-masks", min_width=80)
                     show_boxes = gr.Checkbox(True, label="Boxes", elem_id="show-boxes", min_width=80)
@@ -151,20 +156,24 @@ def build_app() -> gr.Blocks:
             a_chat = gr.Button()
             a_segment = gr.Button()
 
+        def then_suggest(event):  # the suggestions follow the pending regions (a click offers region requests)
+            event.then(h.suggestions, [sess], [suggest], **light)
+
         new_image_out = [sess, image, chatbot, overlay, regions, objects, dl_json, dl_png, info, status]
-        image.upload(h.set_image, [sess, image], new_image_out, **light)  # a file or a paste (not our own updates)
-        image.clear(h.clear_image, [sess], new_image_out, **light)
-        gallery.select(h.pick_example, [sess], new_image_out, **light)
+        then_suggest(image.upload(h.set_image, [sess, image], new_image_out, **light))  # a file or a paste
+        then_suggest(image.clear(h.clear_image, [sess], new_image_out, **light))
+        then_suggest(gallery.select(h.pick_example, [sess], new_image_out, **light))
 
         region_out = [sess, image, msg, regions]
-        image.select(h.click, [sess, msg, mode, image], region_out, **private, **heavy)
-        add_box.click(h.add_box, [sess, msg, *bx], region_out, **light)
-        remove.click(h.remove_region, [sess, msg, regions], region_out, **light)
-        clear_regions.click(h.clear_regions, [sess, msg], region_out, **light)
+        then_suggest(image.select(h.click, [sess, msg, mode, image], region_out, **private, **heavy))
+        then_suggest(add_box.click(h.add_box, [sess, msg, *bx], region_out, **light))
+        then_suggest(remove.click(h.remove_region, [sess, msg, regions], region_out, **light))
+        then_suggest(clear_regions.click(h.clear_regions, [sess, msg], region_out, **light))
+        suggest.click(h.use_suggestion, [suggest], [msg], **light)
 
-        gr.on([msg.submit, send.click], h.chat, [sess, msg, show_masks, show_boxes],
-              [sess, chatbot, msg, image, regions, overlay, objects, dl_json, dl_png, status], api_name="ui_chat",
-              **private, **heavy)
+        then_suggest(gr.on([msg.submit, send.click], h.chat, [sess, msg, show_masks, show_boxes],
+                           [sess, chatbot, msg, image, regions, overlay, objects, dl_json, dl_png, status],
+                           api_name="ui_chat", **private, **heavy))
         gr.on([show_masks.change, show_boxes.change], h.redraw, [sess, show_masks, show_boxes],
               [overlay, dl_png], **light)
         clear_chat.click(h.clear_chat, [sess], [sess, chatbot, overlay, objects, dl_json, dl_png, status], **light)

@@ -15,9 +15,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
-from perception import Answer
-from perception.data.jsonl import rle_decode
-from perception.render import answer_json, color_hex, draw_overlay
+from perception import Answer, answer_json, color_hex, draw_overlay, rle_decode
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "perception-app-exports"
 EXPORT_MAX_AGE_S = 3600  # exported files older than this are deleted on the next export

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 
 from perception.geometry import ImageFrame, blob_around_peak
+from perception.history import check_turn_lengths, recent_turns
 from perception.images import load_image
 from perception.limits import DEFAULT_LIMITS, Limits
+from perception.maskformat import region_from_json, region_to_json
 from perception.tokens import check_region_numbers, parse_answer, split_regions
 from perception.types import Answer, Region
 
@@ -177,11 +179,11 @@ class Pipeline:
             _check_region(r, W, H, i)
 
         history = list(history or [])
-        turns, turn_regions, keep = _history_turns(history, lim.max_history_turns, image.size)
+        turns, turn_regions, keep = _history_turns(history, lim.max_history_turns, image.size, lim)
         turns.append((message, None))
         turn_regions.append(regions)
         keep.append(True)
-        enc = self.model.prompts.encode(turns, add_generation_prompt=True, keep_placeholders=keep)
+        enc = _encode_fitting(self.model, turns, turn_regions, keep, lim.max_new_tokens)
         side = self.model.config.region.mask_size * 2
         with self._lock, torch.no_grad():
             rs = Regions.build([(turn_regions[t][n - 1], frame, 0) for t, n in enc.region_order], side)
@@ -250,17 +252,12 @@ def _check_region(r: Region, W: int, H: int, i: int) -> None:
             raise ValueError(f"region {i}: mask is empty")
 
 
-def _region_to_dict(r: Region) -> dict:
-    from perception.data.jsonl import region_to_json
-
-    return region_to_json(r)
+_region_to_dict = region_to_json  # Region -> {"point" | "box" | "mask": ...} (perception/maskformat.py)
 
 
 def _region_from_dict(d, size=None) -> Region:
     """A region dict (point / box / COCO RLE mask) -> Region; a mask's claimed (h, w) is checked
     against ``size`` before anything is decoded."""
-    from perception.data.jsonl import region_from_json
-
     if isinstance(d, Region):
         return d
     if not isinstance(d, dict):
@@ -268,30 +265,24 @@ def _region_from_dict(d, size=None) -> Region:
     return region_from_json(d, size)
 
 
-def _history_turns(history, max_turns: int, size):
+def _history_turns(history, max_turns: int, size, limits: Limits = DEFAULT_LIMITS):
     """Messages-format history -> [(user, assistant)], their regions, and whether placeholders are live.
 
-    Accepts [{"role": "user"|"assistant", "content": str, "regions": [...]?}, ...]; other roles and
-    non-text contents are skipped. Only the last ``max_turns`` complete turns are kept, and only
-    their regions are decoded (checked against the image size first).
+    The turns are the last ``max_turns`` of ``perception.history.pair_turns`` (other entries are
+    skipped). Their messages must each fit ``limits.max_prompt_chars`` (ValueError naming the
+    message otherwise: nothing is cut). Only their regions are decoded (checked against the image
+    size first); a turn whose regions are unusable is read as plain text.
     """
-    pairs, pending = [], None
-    for m in history:
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-            continue
-        if m.get("role") == "user":
-            pending = m
-        elif m.get("role") == "assistant" and pending is not None:
-            pairs.append((pending, m))
-            pending = None
-    pairs = pairs[len(pairs) - max_turns:] if max_turns > 0 else []
+    pairs = recent_turns(history, max_turns)
+    check_turn_lengths(history, pairs, limits.max_prompt_chars)
     turns, regs, keep = [], [], []
     W, H = size
-    for user, assistant in pairs:
+    for u, a in pairs:
+        user, assistant = history[u], history[a]
         rs, live = [], True
         try:
             raw = user.get("regions") or []
-            if not isinstance(raw, list) or len(raw) > DEFAULT_LIMITS.max_regions:
+            if not isinstance(raw, list) or len(raw) > limits.max_regions:
                 raise ValueError("bad regions")
             rs = [_region_from_dict(r, (H, W)) for r in raw]
             _, nums = split_regions(user["content"])
@@ -300,7 +291,39 @@ def _history_turns(history, max_turns: int, size):
                 _check_region(r, W, H, i)
         except (ValueError, TypeError, OverflowError):
             rs, live = [], False
-        turns.append((user["content"][:4000], assistant["content"][:4000]))
+        turns.append((user["content"], assistant["content"]))
         regs.append(rs)
         keep.append(live)
     return turns, regs, keep
+
+
+def _context_length(model) -> int | None:
+    """The most positions the model's language model reads (its config's max_position_embeddings;
+    a multimodal config's text_config), or None when the backbone does not say."""
+    for name in ("llm", "model"):  # StemLlamaBackbone.llm, HFBackbone.model
+        cfg = getattr(getattr(model.backbone, name, None), "config", None)
+        cfg = getattr(cfg, "text_config", None) or cfg
+        n = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def _encode_fitting(model, turns: list, turn_regions: list, keep: list, reserve: int):
+    """Encode the conversation for generation so that it plus ``reserve`` new tokens fits the context.
+
+    A prompt longer than the model's context is never generated from (the tiny model then writes
+    ``</s>`` at once: an empty answer). The oldest history turns are dropped until it fits, from
+    ``turns``, ``turn_regions`` and ``keep`` in place, so they stay aligned with the returned
+    ``Encoded.region_order``. The last turn, the new message, is never dropped: when it alone does
+    not fit, ValueError naming the token counts.
+    """
+    limit = _context_length(model)
+    while True:
+        enc = model.prompts.encode(turns, add_generation_prompt=True, keep_placeholders=keep)
+        if limit is None or len(enc.input_ids) + reserve <= limit:
+            return enc
+        if len(turns) == 1:
+            raise ValueError(f"the image and the message take {len(enc.input_ids):,} tokens and the answer up to "
+                             f"{reserve:,}, over the model's context of {limit:,} tokens: shorten the message")
+        del turns[0], turn_regions[0], keep[0]

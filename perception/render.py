@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from perception.maskformat import rle_encode
+
 # distinct, readable on light and dark backgrounds; object i gets PALETTE[i % len(PALETTE)]
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -45,9 +47,10 @@ def draw_overlay(image: Image.Image, objects, show_masks: bool = True, show_boxe
 
 
 def answer_json(answer) -> list:
-    """[{"box": [x1, y1, x2, y2] pixels, "mask": COCO RLE or None, "phrase": str or None}] in answer order."""
-    from perception.data.jsonl import rle_encode
+    """[{"box": [x1, y1, x2, y2] pixels, "mask": COCO RLE or None, "phrase": str or None}] in answer order.
 
+    An answer that grounds nothing (``answer.objects == []``, e.g. "There is no purple star.") is ``[]``.
+    """
     return [
         {
             "box": [round(float(v), 2) for v in o.box],

@@ -18,10 +18,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from perception import Answer, Grounding, Limits  # noqa: E402
-from perception.data.jsonl import rle_decode, rle_encode  # noqa: E402
+from perception import PALETTE, Answer, Grounding, Limits, color_hex, rle_decode, rle_encode  # noqa: E402
 from perception.data.shapesref import draw_scene  # noqa: E402
-from perception.render import PALETTE, color_hex  # noqa: E402
 
 from app import format as fmt  # noqa: E402
 from app import handlers as h  # noqa: E402
@@ -322,3 +320,103 @@ def test_api_rejects_a_non_image(client, tmp_path):
 def test_click_that_overtakes_its_upload_uses_the_shown_image(scene):
     sess, view, msg, _ = h.click(h.new_session(), "", h.MODE_BOX, scene.image, select(3, 4))
     assert sess["image"].size == scene.image.size and sess["box_start"] == [3, 4]
+
+
+# --- the public API only; answers that ground nothing; follow-ups; suggestions ---------------
+
+
+def test_app_imports_only_the_public_perception_api():
+    """app/ imports ``perception`` (its __init__), never ``perception.<module>``; the dev script
+    app/make_examples.py (draws the example scenes) is the one exception."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "app").glob("*.py")):
+        if path.name == "make_examples.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.startswith("perception.")]
+    assert not found, found
+    assert (REPO / "app" / "make_examples.py").is_file()  # the exception names a file that exists
+
+
+def _fake_answer(text, objects=()):
+    """A stand-in for model.stream_chat whose answer is ``text`` with ``objects``; records its calls."""
+    calls = []
+
+    def stream(image, message, history, regions):
+        calls.append({"message": message, "history": [dict(m) for m in history], "regions": list(regions)})
+        yield text[:5]
+        yield Answer(text=text, objects=list(objects), raw=text,
+                     history=list(history) + [{"role": "user", "content": message, "regions": []},
+                                              {"role": "assistant", "content": text}])
+
+    return stream, calls
+
+
+def test_an_answer_with_no_object_renders_cleanly(scene, monkeypatch):
+    """"There is no purple star." grounds nothing: the plain image, a short status line, [] as JSON."""
+    stream, _ = _fake_answer("There is no purple star.")
+    monkeypatch.setattr(model, "stream_chat", stream)
+    sess = h.set_image(h.new_session(), scene.image)[0]
+    *_, (sess, chat, _, _, _, overlay, objects, jfile, pfile, status) = run(h.chat(sess, "Find the purple star."))
+    assert chat[-1]["content"] == "There is no purple star."  # no markers, no "(empty answer)"
+    assert status == "Answer 1: nothing grounded."
+    assert objects == [] and json.loads(Path(jfile).read_text()) == {"text": "There is no purple star.", "objects": []}
+    assert np.array_equal(np.asarray(overlay), np.asarray(scene.image.convert("RGB")))  # nothing drawn
+    assert np.array_equal(np.asarray(Image.open(pfile).convert("RGB")), np.asarray(scene.image.convert("RGB")))
+    assert h.redraw(sess, True, True)[0].size == scene.image.size
+
+
+def test_api_answer_with_no_object(scene, scene_file, monkeypatch):
+    from app import api
+
+    stream, _ = _fake_answer("There are no circles.")
+    monkeypatch.setattr(model, "stream_chat", stream)
+    text, history, objects, overlay = api.api_chat(scene_file, "Find all the circles.", "[]", "[]")
+    assert text == "There are no circles." and objects == [] and len(history) == 2
+    assert np.array_equal(np.asarray(overlay), np.asarray(scene.image.convert("RGB")))
+
+
+def test_a_follow_up_about_it_carries_the_first_turn(scene, scene_file, monkeypatch):
+    """"What color is it?" reaches the model with the turn that grounded "it", in the UI and through /chat."""
+    from app import api
+
+    o = scene.objects[0]
+    found = Grounding(box=tuple(map(float, o.box)), mask=o.mask, phrase=f"the {o.color} {o.shape}")
+    stream, calls = _fake_answer(f"<p>the {o.color} {o.shape}</p><loc>", [found])
+    monkeypatch.setattr(model, "stream_chat", stream)
+    sess = h.set_image(h.new_session(), scene.image)[0]
+    sess = run(h.chat(sess, f"Find the {o.color} {o.shape}."))[-1][0]
+    run(h.chat(sess, "What color is it?"))
+    assert calls[0]["history"] == [] and calls[1]["message"] == "What color is it?"
+    assert [m["content"] for m in calls[1]["history"]] == [f"Find the {o.color} {o.shape}.",
+                                                           f"<p>the {o.color} {o.shape}</p><loc>"]
+    calls.clear()
+    _, history, _, _ = api.api_chat(scene_file, f"Find the {o.color} {o.shape}.", "[]", "[]")
+    _, history2, _, _ = api.api_chat(scene_file, "What color is it?", "[]", history)
+    assert calls[1]["history"] == history and history2[:2] == history and len(history2) == 4
+
+
+def test_a_click_offers_requests_about_the_new_region(scene):
+    sess = h.set_image(h.new_session(), scene.image)[0]
+    assert [s[0] for s in h.suggestions(sess).raw_samples] == list(fmt.FIRST_PROMPTS)
+    sess, _, msg, _ = h.click(sess, "", h.MODE_OBJECT, None, select(*inside(scene.objects[0])))
+    offered = [s[0] for s in h.suggestions(sess).raw_samples]
+    assert "Find all the objects with the same color as <region1>." in offered  # the training data's wording
+    sess, _, msg, _ = h.click(sess, msg, h.MODE_BOX, None, select(1, 1))
+    sess, _, msg, _ = h.click(sess, msg, h.MODE_BOX, None, select(30, 30))
+    assert "Find all the objects with the same color as <region2>." in [s[0] for s in h.suggestions(sess).raw_samples]
+    assert h.use_suggestion(["What is <region2>?"]) == "What is <region2>?"
+
+
+def test_the_suggestions_are_wired_and_private():
+    from app import build_app
+
+    demo = build_app()
+    ids = {c.get("props", {}).get("elem_id") for c in demo.config["components"]}
+    assert "suggestions" in ids
+    api = {d.get("api_name") for d in demo.config["dependencies"] if d.get("api_visibility") != "private"}
+    assert api - {None} == {"chat", "segment_point"}

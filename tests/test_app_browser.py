@@ -74,6 +74,11 @@ def session(browser, url, scene):
     box = page.locator("#message textarea")
     wait_for(lambda: "<region1>" in box.input_value(), what="<region1> in the message box")
     regions_text = page.locator("#regions").inner_text() + page.locator("#regions input").input_value()
+    same = "Find all the objects with the same color as <region1>."
+    offered = page.locator("#suggestions").get_by_text(same)
+    offered.first.wait_for(timeout=30_000)  # the click offers requests about the new region
+    offered.first.click()
+    wait_for(lambda: box.input_value() == same, what="the picked suggestion in the message box")
     region_answer = ask(page, "What is <region1>?")
     find_answer = ask(page, f"Find the {target.color} {target.shape}.")
     yield {"page": page, "regions_text": regions_text, "region_answer": region_answer,

@@ -84,7 +84,7 @@ IMAGE_FILES = {  # file name -> bytes; written once per module
 
 
 def _rle(h: int, w: int, on: bool = False) -> dict:
-    from perception.data.jsonl import rle_encode
+    from perception import rle_encode
 
     m = np.zeros((h, w), bool)
     if on:
@@ -276,6 +276,12 @@ CASES = [
          chat(message="What is <region1>?", regions='[{"point": [1, 2]'), "regions must be a JSON list"),
     Case("regions_not_a_list", "/chat", "regions a JSON object",
          chat(message="What is <region1>?", regions='{"point": [1, 2]}'), "regions must be a JSON list"),
+    Case("regions_nested_5000", "/chat", "regions `[[[[...]]]]` nested 5,000 levels (json.loads: RecursionError)",
+         chat(message="What is <region1>?", regions="[" * 5000 + "]" * 5000),
+         "regions must be a JSON list; could not parse it (it is nested too deeply)"),
+    Case("region_point_nested", "/chat", "a point whose x is a list nested 500 levels",
+         chat(message="What is <region1>?", regions='[{"point": [' + "[" * 500 + "]" * 500 + ', 3]}]'),
+         "region 1: region point must be a list of 2 numbers; got [[[[...]]], 3]"),
     Case("regions_list_of_numbers", "/chat", "regions `[5]`",
          chat(message="What is <region1>?", regions="[5]"), "region 1: a region needs exactly one of"),
     # history
@@ -295,6 +301,21 @@ CASES = [
          chat(history=[{"role": "user", "content": "What is <region1>?", "regions": [{"point": [10**400, 3]}]},
                        {"role": "assistant", "content": "a circle"}]),
          "history message 1: region 1: point has a number too large"),
+    Case("history_200k_chars", "/chat", "a history message of 200,000 characters",
+         chat(history=[{"role": "user", "content": "x" * 200_000}, {"role": "assistant", "content": "ok"}]),
+         f"history message 1 (user) has 200,000 characters; the limit is {LIM.max_prompt_chars:,} per message"),
+    Case("history_200k_chars_answer", "/chat", "history message 22 (an answer) of 200,000 characters",
+         chat(history=LONG_HISTORY[:20] + [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "y" * 200_000}]),
+         "history message 22 (assistant) has 200,000 characters"),
+    Case("history_200k_chars_old", "/chat", f"the same message {LIM.max_history_turns + 1} turns back",
+         chat(history=[{"role": "user", "content": "x" * 200_000}, {"role": "assistant", "content": "ok"}]
+              + LONG_HISTORY[:2 * LIM.max_history_turns]),
+         answer="answered: turns the model does not see are never read",
+         check=history_grows(2 + 2 * LIM.max_history_turns)),
+    Case("history_nested_regions", "/chat", "history message whose region is a nested list `[[[[]]]]`",
+         chat(history=[{"role": "user", "content": "What is <region1>?", "regions": [[[[[]]]]]},
+                       {"role": "assistant", "content": "a circle"}]),
+         answer="that turn read as plain text; answered", check=history_grows(2)),
     Case("history_old_forged_mask", "/chat", f"the same message {LIM.max_history_turns + 1}+ turns back",
          chat(history=lambda env: _forged_history(env) + LONG_HISTORY[:2 * LIM.max_history_turns]),
          answer="answered: turns the model does not see are never read",
@@ -417,11 +438,11 @@ def test_server_files_are_not_readable_through_the_api(server, env, path):
      {"role": "assistant", "content": "d"}, {"role": "user", "content": "e"}],
 ], ids=["empty", "junk", "four_turns", "junk_around_turns", "unpaired"])
 def test_recent_history_keeps_the_turns_the_pipeline_reads(history, max_turns):
-    """The app passes only fmt.recent_history to the model: the pipeline must read the same turns."""
-    from app import format as fmt
+    """The app passes only perception.recent_messages to the model: the pipeline must read the same turns."""
+    from perception import recent_messages
     from perception.pipeline import _history_turns
 
-    recent = fmt.recent_history(history, max_turns)
+    recent = recent_messages(history, max_turns)
     assert history[len(history) - len(recent):] == recent  # a tail
     assert _history_turns(recent, max_turns, (8, 8)) == _history_turns(history, max_turns, (8, 8))
 

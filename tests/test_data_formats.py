@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from perception.data.jsonl import (
-    JsonlDataset, read_jsonl, region_from_json, region_to_json, rle_decode, rle_encode, write_jsonl,
-)
+from perception.data.jsonl import JsonlDataset, read_jsonl, write_jsonl
+from perception.maskformat import excerpt, region_from_json, region_to_json, rle_decode, rle_encode
 from perception.data.refcoco import RefCocoDataset, load_refcoco, load_refs
 from perception.data.sample import Sample, Turn
 from perception.tokens import grounded
@@ -81,6 +80,33 @@ def test_region_json_round_trip(region):
 def test_region_from_json_errors(bad):
     with pytest.raises(ValueError):
         region_from_json(bad, size=(10, 12))
+
+
+def _nested(depth: int) -> list:
+    """[[[...[]...]]] nested ``depth`` levels, built without recursion."""
+    v: list = []
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("bad, words", [
+    (_nested(5000), "exactly one of 'point', 'box' or 'mask'; got [[[[...]]]]"),
+    ({"point": _nested(5000)}, "point must be a list of 2 numbers; got [[[[...]]]]"),
+    ({"box": [1, 2, _nested(5000), 4]}, "box must be a list of 4 numbers"),
+    ({"mask": {"size": _nested(5000), "counts": "ab"}}, "not a COCO RLE"),
+    ({"mask": {"size": [2, 2], "counts": [_nested(5000)]}}, "counts must be integers"),
+])
+def test_nested_input_gets_a_short_clear_error(bad, words):
+    """Error messages quote a depth-limited excerpt: str() of 5,000 nested lists raises RecursionError."""
+    with pytest.raises(ValueError) as e:
+        region_from_json(bad, size=(2, 2) if "mask" in bad else None)
+    assert words in str(e.value) and len(str(e.value)) < 200
+
+
+def test_excerpt_is_short_and_depth_limited():
+    assert excerpt(_nested(5000)) == "[[[[...]]]]"
+    assert len(excerpt("x" * 10_000)) <= 45 and len(excerpt(list(range(10_000)))) < 40
 
 
 # --- JSONL -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Table-driven; the app's endpoints get the same treatment in tests/test_app*.py.
 """
 
 import io
+import re
 import struct
 import zlib
 
@@ -204,3 +205,89 @@ def test_determinism_across_calls_and_pipelines(tiny_model, scene):
     c = Pipeline(tiny_model).chat(scene.image, "Find the blue square.")
     assert a.raw == b.raw == c.raw
     assert [o.box for o in a.objects] == [o.box for o in b.objects]
+
+
+# --- long history, nested regions, prompts over the context ------------------------------------
+
+
+def _nested(depth):
+    v = []
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("history, words", [
+    ([{"role": "user", "content": "x" * 200_000}, {"role": "assistant", "content": "ok"}],
+     "history message 1 (user) has 200,000 characters; the limit is 2,000 per message"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "y" * 2001}],
+     "history message 2 (assistant) has 2,001 characters"),
+], ids=["user_200k", "assistant_2001"])
+def test_history_over_the_message_limit_is_refused(pipe, scene, history, words):
+    """Before: cut to 4,000 characters, a prompt over the tiny model's 1,024 positions, and an
+    empty answer. Now the history is held to the same per-message limit as the message."""
+    with pytest.raises(ValueError, match=re.escape(words)):
+        pipe.chat(scene.image, "Find the red circle.", history=history)
+
+
+def test_long_history_the_model_does_not_read_is_not_checked(tiny_model, scene):
+    p = Pipeline(tiny_model, limits=perception.Limits(max_new_tokens=2, max_history_turns=1))
+    history = [{"role": "user", "content": "x" * 200_000}, {"role": "assistant", "content": "ok"},
+               {"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    assert len(p.chat(scene.image, "Find the red circle.", history=history).history) == 6
+
+
+@pytest.mark.parametrize("regions, words", [
+    (_nested(5000), "a region must be perception.Region or a dict"),
+    ([_nested(5000)], "a region must be perception.Region or a dict"),
+    ([{"point": _nested(5000)}], r"point must be a list of 2 numbers; got \[\[\[\[\.\.\.\]\]\]\]"),
+    ([{"box": [1, 2, _nested(5000), 9]}], "box must be a list of 4 numbers"),
+    ([{"mask": {"size": _nested(5000), "counts": "ab"}}], "not a COCO RLE"),
+], ids=["regions_nested", "region_nested", "point_nested", "box_nested", "mask_size_nested"])
+def test_nested_regions_get_a_clear_error(pipe, scene, regions, words):
+    """Never a RecursionError from quoting the input in the message."""
+    with pytest.raises(ValueError, match=words):
+        pipe.chat(scene.image, "What is <region1>?", regions=regions)
+
+
+def test_history_with_nested_regions_is_plain_text(pipe, scene):
+    history = [{"role": "user", "content": "What is <region1>?", "regions": [_nested(5000)]},
+               {"role": "assistant", "content": "a circle"}]
+    assert len(pipe.chat(scene.image, "And now?", history=history).history) == 4
+
+
+def test_prompt_is_fitted_to_the_context(tiny_model):
+    """Oldest turns go first (regions stay aligned); a new message that cannot fit is refused."""
+    from perception.pipeline import _context_length, _encode_fitting
+
+    limit = _context_length(tiny_model)
+    assert limit == tiny_model.config.backbone.text.max_positions == 1024
+    turns = [(f"{i} " + "x" * 400, "ok") for i in range(4)] + [("What is <region1>?", None)]
+    regions, keep = [["r0"], ["r1"], ["r2"], ["r3"], ["new"]], [True] * 5
+    enc = _encode_fitting(tiny_model, turns, regions, keep, reserve=96)
+    assert len(enc.input_ids) + 96 <= limit and 1 <= len(turns) < 5
+    assert turns[-1] == ("What is <region1>?", None) and turns[0][0].startswith(f"{5 - len(turns)} ")
+    assert [r[0] for r in regions] == [f"r{5 - len(turns) + i}" for i in range(len(turns) - 1)] + ["new"]
+    assert enc.region_order == [(len(turns) - 1, 1)] and len(keep) == len(turns)
+    with pytest.raises(ValueError, match="over the model's context of 1,024 tokens: shorten the message"):
+        _encode_fitting(tiny_model, [("y" * 1000, None)], [[]], [True], reserve=96)
+
+
+def test_a_message_within_the_limit_but_over_the_context_is_refused(pipe, scene):
+    with pytest.raises(ValueError, match="context of 1,024 tokens"):
+        pipe.chat(scene.image, "Find " + "y" * 1990)
+
+
+def test_history_pairing_known_answers():
+    """One pairing for the pipeline and the app: a user message then an assistant one, junk skipped,
+    a user message replaced by the next one."""
+    msgs = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, 7,
+            {"role": "assistant", "content": "c"}, {"role": "assistant", "content": "d"},
+            {"role": "user", "content": None}, {"role": "user", "content": "e"}, {"role": "assistant", "content": "f"}]
+    assert perception.pair_turns(msgs) == [(1, 3), (6, 7)]
+    assert perception.recent_turns(msgs, 1) == [(6, 7)] and perception.recent_turns(msgs, 0) == []
+    assert perception.recent_turns(msgs, -1) == perception.recent_turns(msgs, 9) == [(1, 3), (6, 7)]
+    assert perception.recent_messages(msgs, 1) == msgs[6:] and perception.recent_messages(msgs, 2) == msgs[1:]
+    perception.check_turn_lengths(msgs, [(1, 3)], max_chars=1)
+    with pytest.raises(ValueError, match="history message 9 \\(user\\) has 1 characters; the limit is 0"):
+        perception.check_turn_lengths(msgs, [(6, 7)], max_chars=0, first=3)

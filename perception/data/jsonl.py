@@ -11,110 +11,26 @@ A line::
 
 Paths are relative to the JSONL file's folder, or absolute. Frames: image pixels, x = column,
 y = row; boxes are corners with x2/y2 exclusive. A mask is COCO RLE (``counts`` a string,
-column-major as pycocotools writes it) or ``"mask_png": "masks/....png"`` (nonzero = inside).
+column-major as pycocotools writes it; perception/maskformat.py reads and writes it and the
+regions) or ``"mask_png": "masks/....png"`` (nonzero = inside).
 An object's ``box`` may be left out; it is then the tight box of its mask.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from perception.data.sample import Sample, Turn
 from perception.geometry import box_from_mask
-from perception.types import Region
+from perception.maskformat import plain_number, region_from_json, region_to_json, rle_decode, rle_encode
 
 IMAGE_DIR = "images"
 JSONL_NAME = "data.jsonl"
-
-
-# --- RLE ------------------------------------------------------------------------------------
-
-
-def rle_encode(mask: np.ndarray) -> dict:
-    """H x W bool mask -> COCO RLE {"size": [H, W], "counts": str}."""
-    m = np.asarray(mask)
-    if m.ndim != 2:
-        raise ValueError(f"rle_encode needs an H x W mask; got shape {m.shape}")
-    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
-
-
-def rle_size(rle: dict) -> tuple[int, int]:
-    """The (h, w) a COCO RLE claims, checked without decoding anything."""
-    try:
-        h, w = (int(v) for v in rle["size"])
-    except (KeyError, TypeError, ValueError, OverflowError):
-        raise ValueError(f"not a COCO RLE (needs 'size' [h, w] and 'counts'): {str(rle)[:80]}") from None
-    if h < 0 or w < 0:
-        raise ValueError(f"RLE size must be non-negative; got {[h, w]}")
-    return h, w
-
-
-def rle_decode(rle: dict, max_pixels: int | None = None) -> np.ndarray:
-    """COCO RLE (counts as str, bytes, or an uncompressed list of run lengths) -> H x W bool.
-
-    max_pixels: refuse an RLE claiming more pixels than this before decoding (a few bytes of RLE
-    can claim any size)."""
-    h, w = rle_size(rle)
-    if max_pixels is not None and h * w > max_pixels:
-        raise ValueError(f"RLE mask claims {h}x{w} pixels, over the limit of {max_pixels:,}")
-    try:
-        counts = rle["counts"]
-    except (KeyError, TypeError):
-        raise ValueError(f"not a COCO RLE (needs 'size' [h, w] and 'counts'): {str(rle)[:80]}") from None
-    if isinstance(counts, list):
-        if sum(counts) != h * w:
-            raise ValueError(f"uncompressed RLE counts sum to {sum(counts)}, expected {h}*{w}={h * w}")
-        compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    elif isinstance(counts, (str, bytes)):
-        compressed = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    else:
-        raise ValueError(f"RLE counts must be str, bytes or a list; got {type(counts).__name__}")
-    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(compressed).astype(bool)
-
-
-# --- regions --------------------------------------------------------------------------------
-
-
-def _num(v):
-    f = float(v)
-    return int(f) if f.is_integer() else f
-
-
-def region_to_json(region: Region) -> dict:
-    """Region -> {"point": [x, y]} | {"box": [x1, y1, x2, y2]} | {"mask": RLE}."""
-    if region.point is not None:
-        return {"point": [_num(v) for v in region.point]}
-    if region.box is not None:
-        return {"box": [_num(v) for v in region.box]}
-    return {"mask": rle_encode(region.mask)}
-
-
-def region_from_json(d: dict, size: tuple[int, int] | None = None) -> Region:
-    """Inverse of region_to_json. size: (h, w) of the image; a mask of another size is an error."""
-    if not isinstance(d, dict) or len(set(d) & {"point", "box", "mask"}) != 1:
-        raise ValueError(f"a region needs exactly one of 'point', 'box' or 'mask'; got {str(d)[:80]}")
-    for key, n in (("point", 2), ("box", 4)):
-        if key in d:
-            if not isinstance(d[key], (list, tuple)):
-                raise ValueError(f"region {key} must be a list of {n} numbers; got {str(d[key])[:40]}")
-            return Region(**{key: tuple(d[key])})
-    if not isinstance(d["mask"], dict):
-        raise ValueError("region mask must be a COCO RLE object {'size': [h, w], 'counts': ...}")
-    if size is not None:
-        h, w = rle_size(d["mask"])
-        if (h, w) != tuple(size):
-            raise ValueError(f"region mask is {h}x{w} (h x w), image is {size[0]}x{size[1]}")
-    return Region(mask=rle_decode(d["mask"]))
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -138,7 +54,7 @@ def sample_to_json(sample: Sample, image_path: str) -> dict:
     objects = []
     for k in range(len(sample.boxes)):
         objects.append({
-            "box": [_num(v) for v in sample.boxes[k]],
+            "box": [plain_number(v) for v in sample.boxes[k]],
             "mask": rle_encode(sample.masks[k]),
             "label": sample.labels[k] if k < len(sample.labels) else "",
         })
@@ -285,9 +201,10 @@ class JsonlDataset:
         return len(self._offsets)
 
     def __getitem__(self, i: int) -> Sample:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} samples")
-        pos, lineno = self._offsets[i]
+        try:
+            pos, lineno = self._offsets[i]  # negative indices count from the end, as for a list
+        except IndexError:
+            raise IndexError(f"index {i} out of range for {len(self)} samples") from None
         with open(self.path, "rb") as f:
             f.seek(pos)
             line = f.readline().decode("utf-8")
