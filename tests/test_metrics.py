@@ -217,3 +217,12 @@ def test_evaluate_asks_follow_ups_with_the_models_own_history():
     follow = [(m, h) for m, h in pipe.calls if m.endswith("it?") or m == "Describe it."]
     assert len(follow) == 4 and all(h and len(h) == 1 for _, h in follow)  # turn 1's history came along
     assert rep["no_target"]["n_acc"] == 1.0 and rep["target"]["t_acc"] == 0.0 and rep["followup"]["accuracy"] == 0.0
+
+
+def test_jsonl_follow_ups_are_asked_as_conversations(tmp_path):
+    from perception.data.shapesref import write_dataset
+    from perception.evaluate import jsonl_items
+
+    path = write_dataset(tmp_path, seed=5, count=2, tasks=["followup", "region_color"], weights=[1, 0], n_requests=2)
+    items = [t for _, _, t in jsonl_items(str(path))]
+    assert len(items) == 4 and all(isinstance(t, list) and [x.task for x in t][1] == "followup" for t in items)

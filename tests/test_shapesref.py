@@ -593,3 +593,17 @@ def test_v1_evaluation_items_are_unchanged():
 
     assert digest(shapesref_items(10_000_000, 12)) == "05863c66bb06486e"
     assert digest(shapesref_items(10_000_000, 12, v2_count=12)) == "05863c66bb06486e"
+
+
+def test_v2_samples_train(tiny_model, tiny_tokenizer):
+    """v2 conversations (answers with no <loc>, a follow-up's two turns) collate into a batch the
+    model takes a finite loss on, like v1 samples."""
+    import torch
+
+    from perception.data.collate import Collator
+
+    col = Collator(tiny_model.config, tiny_tokenizer, tiny_model.backbone.num_image_tokens)
+    samples = [sr.make_sample(s, tasks=sr.V2_TASKS, n_requests=2) for s in (1, 2, 3)]
+    assert {t.task for s in samples for t in s.turns} >= {"followup"}
+    out = tiny_model(col(samples))
+    assert torch.isfinite(out["loss"])
