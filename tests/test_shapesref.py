@@ -104,6 +104,16 @@ def _group(noun: str, objs: list[dict]) -> tuple[list[int], str]:
     return sorted(match, key=lambda i: objs[i]["pos"]), noun[:-1]
 
 
+def _asked_noun(turn: Turn) -> str:
+    """The plural noun of an "all the ..." or "How many ... are there?" request."""
+    if turn.task.startswith("count"):
+        m = re.fullmatch(r"How many (.+) are there\?", turn.user)
+    else:
+        m = re.fullmatch(r"(Find|Segment|Show me) all the (.+?)[?.]?", turn.user)
+    assert m, turn.user
+    return m.group(m.lastindex)
+
+
 def check_turn(sample: Sample, turn: Turn, prev: Turn | None = None) -> None:
     """Every task's turn against the spec and docs/SHAPESREF.md's answer formats. ``prev``: the
     turn before (a follow-up is about the object it grounded)."""
@@ -125,12 +135,7 @@ def check_turn(sample: Sample, turn: Turn, prev: Turn | None = None) -> None:
         assert turn.task == f"ground_{kind}"
         assert not turn.regions and not turn.expect
     elif turn.task in ("ground_all", "count"):
-        if turn.task == "ground_all":
-            m = re.fullmatch(r"(Find|Segment|Show me) all the (.+?)[?.]?", turn.user)
-        else:
-            m = re.fullmatch(r"How many (.+) are there\?", turn.user)
-        assert m, turn.user
-        match, one = _group(m.group(m.lastindex), objs)
+        match, one = _group(_asked_noun(turn), objs)
         assert match, "asked about a count of zero"
         listing = ", ".join(grounded(f"the {one}") for _ in match)  # named by the question's noun
         assert turn.targets == match
@@ -177,12 +182,7 @@ def check_v2_turn(sample: Sample, turn: Turn, prev: Turn | None) -> None:
         assert not [o for o in objs if _matches(o, _attrs(phrase))], f"{phrase!r} matches an object"
         assert turn.assistant == f"There is no {phrase}." and not turn.regions and not turn.expect
     elif turn.task in ("ground_all_none", "count_none"):
-        if turn.task == "ground_all_none":
-            m = re.fullmatch(r"(Find|Segment|Show me) all the (.+?)[?.]?", turn.user)
-        else:
-            m = re.fullmatch(r"How many (.+) are there\?", turn.user)
-        assert m, turn.user
-        noun = m.group(m.lastindex)
+        noun = _asked_noun(turn)
         assert _group(noun, objs)[0] == [], f"{noun!r} matches an object"
         if turn.task == "ground_all_none":
             assert turn.assistant == f"There are no {noun}." and turn.expect == []
