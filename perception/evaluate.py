@@ -400,15 +400,15 @@ def training_eval(model, tc) -> dict:
 def run_cli(args) -> int:
     import perception
 
+    v2_count = args.count if getattr(args, "v2_count", None) is None else args.v2_count
+    if v2_count < 0:
+        print(f"error: --v2-count must be >= 0; got {v2_count}", file=sys.stderr)
+        return 2
     pipe = perception.load_pipeline(args.model, device=args.device)
     if getattr(args, "box_source", None):
         pipe.model.config.box_head.source = args.box_source
     if getattr(args, "exclusive", None):
         pipe.model.config.mask_head.exclusive = args.exclusive == "on"
-    v2_count = args.count if getattr(args, "v2_count", None) is None else args.v2_count
-    if v2_count < 0:
-        print(f"error: --v2-count must be >= 0; got {v2_count}", file=sys.stderr)
-        return 2
     if args.data == "shapesref":
         items, total = shapesref_items(args.seed, args.count, v2_count), None
     elif args.data.startswith("refcoco:"):

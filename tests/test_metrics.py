@@ -226,3 +226,10 @@ def test_jsonl_follow_ups_are_asked_as_conversations(tmp_path):
     path = write_dataset(tmp_path, seed=5, count=2, tasks=["followup", "region_color"], weights=[1, 0], n_requests=2)
     items = [t for _, _, t in jsonl_items(str(path))]
     assert len(items) == 4 and all(isinstance(t, list) and [x.task for x in t][1] == "followup" for t in items)
+
+
+def test_evaluate_cli_rejects_a_negative_v2_count(capsys):
+    from perception.cli import main
+
+    assert main(["evaluate", "--v2-count", "-1"]) == 2
+    assert "--v2-count must be >= 0" in capsys.readouterr().err
