@@ -23,6 +23,9 @@ def main(argv=None) -> int:
                    help="'shapesref', a JSONL file, or refcoco:ROOT[:DATASET[:SPLIT]] (e.g. refcoco:data/refcoco:refcoco+:testA)")
     e.add_argument("--seed", type=int, default=10_000_000, help="first ShapesRef seed (held out: training uses 0..)")
     e.add_argument("--count", type=int, default=1000, help="ShapesRef scenes per task group")
+    e.add_argument("--v2-count", type=int, default=None,
+                   help="ShapesRef scenes also asked the v2 requests (a no-target request, a follow-up "
+                        "conversation, a same-as-a-region request); default: --count; 0: v1 only")
     e.add_argument("--out", default=None, help="JSON report path")
     e.add_argument("--device", default="auto")
     e.add_argument("--box-source", default=None, choices=["head", "mask", "mask-full"],

@@ -211,13 +211,18 @@ class DataConfig:
     path: Optional[str] = None  # jsonl file, or RefCOCO root folder
     dataset: str = "refcoco"  # refcoco: "refcoco" | "refcoco+" | "refcocog"
     split: str = "train"
+    # ShapesRef tasks (perception.data.shapesref.TASKS; docs/SHAPESREF.md): v1, then v2
     tasks: list = field(default_factory=lambda: [
         "ground_A", "ground_S", "ground_R", "ground_all", "count",
         "region_what", "region_describe", "region_color", "region_shape", "click_seg",
+        "ground_none", "ground_all_none", "count_none", "followup", "same_as_region",
     ])
-    weights: list = field(default_factory=lambda: [0.10, 0.22, 0.20, 0.12, 0.08, 0.045, 0.045, 0.045, 0.045, 0.10])
-    multi_turn: float = 0.15  # probability of a two-turn conversation
-    list_phrase: str = "label"  # ShapesRef "all"/counting answers name each object by its "label" or the question's "noun"
+    # one per task: the v1 mix scaled to 0.8, then 0.2 for v2
+    weights: list = field(default_factory=lambda: [
+        0.08, 0.176, 0.16, 0.096, 0.064, 0.036, 0.036, 0.036, 0.036, 0.08,
+        0.04, 0.03, 0.03, 0.05, 0.05,
+    ])
+    multi_turn: float = 0.15  # probability of a two-request conversation (a "followup" request is two turns itself)
     clicks_per_image: int = 1  # click-to-mask auxiliary samples per image
     click_teacher: float = 0.5  # probability a point region uses its true mask while training
     num_workers: int = 1  # data-loader worker processes

@@ -1,10 +1,15 @@
 """The evaluator: ``python -m perception evaluate --model PATH --data shapesref --seed S --count N``.
 
 Each ShapesRef scene (seed, seed+1, ...) is asked one grounding question (types A, S, R in turn),
-"all the ...", a counting question, a region question and a click; answers are generated freely
-(greedy), exactly as the app would. A JSONL dataset is evaluated turn by turn by each turn's task;
-RefCOCO/+/g (``--data refcoco:ROOT:DATASET:SPLIT``) per expression, reported under the dataset's name.
-Writes a JSON report and prints a table.
+"all the ...", a counting question, a region question and a click (v1). The first ``--v2-count``
+scenes (default: as many) are also asked three v2 requests (SHAPESREF.md "v2"), drawn from a
+separate random stream so the v1 requests stay those of v1: a no-target request (one object, "all
+the ...", counting, in turn), a follow-up conversation (a one-object request, then "What color /
+shape / size is it?" or "Describe it." asked with the model's own first answer as history) and a
+same-as-a-region request. Answers are generated freely (greedy), exactly as the app would. A
+JSONL dataset is evaluated turn by turn by each turn's task (a follow-up with the turn before it,
+as a conversation); RefCOCO/+/g (``--data refcoco:ROOT:DATASET:SPLIT``) per expression, reported
+under the dataset's name. Writes a JSON report and prints a table.
 """
 
 from __future__ import annotations
@@ -18,36 +23,71 @@ from collections import defaultdict
 import numpy as np
 
 from perception import metrics as M
+from perception.data.shapesref import NO_TARGET_TASKS
 
 GROUND_TYPES = ("ground_A", "ground_S", "ground_R")
 REGION_TASKS = ("region_what", "region_describe", "region_color", "region_shape")
+V2_STREAM = 2  # v2 requests of scene i come from default_rng([seed + i, V2_STREAM]), apart from v1's
 
 
-def shapesref_items(seed: int, count: int):
-    """Yield (scene_index, Sample-like dict, Turn) for the evaluation protocol above."""
-    from perception.data.shapesref import draw_scene, make_turn
+def shapesref_items(seed: int, count: int, v2_count: int = 0):
+    """Yield (scene_index, ground truth, item) for the evaluation protocol above.
 
-    for i in range(count):
+    item: a Turn, a click (dict with "point", "target") or a conversation (list of Turns, each
+    asked with the answers before it as history). Scenes 0..count-1 get the v1 requests, scenes
+    0..v2_count-1 the v2 ones (0: v1 only).
+    """
+    from perception.data.shapesref import draw_scene
+
+    for i in range(max(count, v2_count)):
         rng = np.random.default_rng(seed + i)
         scene = draw_scene(rng)
         gt = {"image": scene.image, "boxes": [o.box for o in scene.objects], "masks": [o.mask for o in scene.objects]}
-        tasks = [GROUND_TYPES[i % 3], "ground_all", "count", REGION_TASKS[i % 4], "click"]
-        for task in tasks:
-            if task == "click":
-                k = int(rng.integers(len(scene.objects)))
-                ys, xs = np.nonzero(scene.objects[k].mask)
-                j = int(rng.integers(len(xs)))
-                yield i, gt, {"task": "click", "point": (int(xs[j]), int(ys[j])), "target": k}
-                continue
-            turn = None
-            for _ in range(10):  # S / R are impossible in some scenes: fall back along the list
-                turn = make_turn(scene, rng, task)
-                if turn is not None:
-                    break
-                if task in GROUND_TYPES:
-                    task = GROUND_TYPES[(GROUND_TYPES.index(task) + 1) % 3]
+        if i < count:
+            yield from _v1_items(i, scene, gt, rng)
+        if i < v2_count:
+            yield from _v2_items(i, scene, gt, np.random.default_rng([seed + i, V2_STREAM]))
+
+
+def _v1_items(i, scene, gt, rng):
+    from perception.data.shapesref import make_turn
+
+    tasks = [GROUND_TYPES[i % 3], "ground_all", "count", REGION_TASKS[i % 4], "click"]
+    for task in tasks:
+        if task == "click":
+            k = int(rng.integers(len(scene.objects)))
+            ys, xs = np.nonzero(scene.objects[k].mask)
+            j = int(rng.integers(len(xs)))
+            yield i, gt, {"task": "click", "point": (int(xs[j]), int(ys[j])), "target": k}
+            continue
+        turn = None
+        for _ in range(10):  # S / R are impossible in some scenes: fall back along the list
+            turn = make_turn(scene, rng, task)
             if turn is not None:
-                yield i, gt, turn
+                break
+            if task in GROUND_TYPES:
+                task = GROUND_TYPES[(GROUND_TYPES.index(task) + 1) % 3]
+        if turn is not None:
+            yield i, gt, turn
+
+
+def _v2_items(i, scene, gt, rng):
+    """Scene i's v2 requests; the kinds cycle with i (an impossible no-target kind falls back along
+    the list; "the {A phrase}" is always possible)."""
+    from perception.data import shapesref_v2 as v2
+    from perception.data.shapesref import REGION_KINDS
+
+    for k in range(len(NO_TARGET_TASKS)):
+        turn = v2.make_v2_turn(scene, rng, NO_TARGET_TASKS[(i + k) % len(NO_TARGET_TASKS)])
+        if turn is not None:
+            yield i, gt, turn
+            break
+    conversation = v2.make_followup(scene, rng, ground_task=GROUND_TYPES[i % 3],
+                                    question=v2.FOLLOWUP_QUESTIONS[i % len(v2.FOLLOWUP_QUESTIONS)])
+    if conversation is not None:
+        yield i, gt, conversation
+    yield i, gt, v2.same_as_region(scene, rng, attribute=v2.SAME_ATTRIBUTES[i % 2],
+                                   region_kind=REGION_KINDS[(i // 2) % len(REGION_KINDS)])
 
 
 def jsonl_items(path: str):
@@ -55,8 +95,14 @@ def jsonl_items(path: str):
 
     for i, s in enumerate(read_jsonl(path)):
         gt = {"image": s.image, "boxes": [tuple(b) for b in s.boxes], "masks": list(s.masks)}
-        for t in s.turns:
-            yield i, gt, t
+        k = 0
+        while k < len(s.turns):  # a follow-up is asked after the turn it follows, as a conversation
+            if k + 1 < len(s.turns) and s.turns[k + 1].task == "followup":
+                yield i, gt, s.turns[k:k + 2]
+                k += 2
+            else:
+                yield i, gt, s.turns[k]
+                k += 1
 
 
 REFCOCO_TASKS = ("refcoco", "refcoco+", "refcocog")  # RefCocoDataset turns carry the dataset name as their task
@@ -109,6 +155,31 @@ class Accumulator:
         self.click = []
         self.click_chat = []
         self.latency = []
+        self.no_target = defaultdict(list)  # task -> answered right (grounds nothing and says so)
+        self.target = defaultdict(list)  # task -> grounds >= 1 object (requests with a target)
+        self.followup = defaultdict(list)  # question kind -> the expected words appear
+        self.followup_turn1 = []  # box IoU of the object turn 1 grounded (0: none)
+        self.same = {"n": 0, "match": 0, "pred": 0, "gt": 0}  # same-as-a-region requests with >= 1 target
+        self.tiny = []  # per chat answer: holds an object of <= 4 pixels
+
+    def _score_presence(self, turn, answer):
+        """N-acc / T-acc and the tiny-object share: every chat answer, conversation turns included."""
+        self.tiny.append(M.has_tiny_object([o.mask for o in answer.objects]))
+        if turn.task in NO_TARGET_TASKS or turn.task == "same_as_region" and not turn.targets:
+            self.no_target[turn.task].append(M.rejects(answer.text, len(answer.objects), turn.task == "count_none"))
+        elif turn.targets:
+            self.target[turn.task].append(len(answer.objects) > 0)
+
+    def add_conversation(self, gt, turns, answers, seconds=None):
+        """A conversation, each turn answered with the answers before it as history. The earlier
+        turns count toward N-acc / T-acc only; the last is scored as ``add`` scores a turn (a
+        follow-up also records how well turn 1 grounded its object)."""
+        for turn, answer in zip(turns[:-1], answers[:-1]):
+            self._score_presence(turn, answer)
+        self.add(gt, turns[-1], answers[-1], seconds=seconds)
+        if turns[-1].task == "followup" and len(turns) > 1 and turns[-2].targets:
+            box = answers[-2].objects[0].box if answers[-2].objects else None
+            self.followup_turn1.append(M.box_iou(box, gt["boxes"][turns[-2].targets[0]]) if box else 0.0)
 
     def add(self, gt, turn, answer=None, click_mask=None, seconds=None):
         if seconds is not None:
@@ -118,6 +189,20 @@ class Accumulator:
             return
         task = turn.task
         objs = answer.objects
+        self._score_presence(turn, answer)
+        if task in NO_TARGET_TASKS:
+            return
+        if task == "same_as_region":
+            if turn.targets:
+                pred = [o.box for o in objs]
+                self.same["n"] += 1
+                self.same["match"] += M.match_boxes(pred, [gt["boxes"][k] for k in turn.targets])
+                self.same["pred"] += len(pred)
+                self.same["gt"] += len(turn.targets)
+            return
+        if task == "followup":
+            self.followup[_FOLLOWUP_KINDS.get(turn.user, turn.user)].append(M.contains_words(answer.text, turn.expect))
+            return
         if task in GROUND_TYPES or task.startswith("ground_") and task != "ground_all" or task == "click_seg" or task in REFCOCO_TASKS:
             k = turn.targets[0]
             g = self.ground[task.split("_")[-1] if task in GROUND_TYPES else task]
@@ -161,8 +246,35 @@ class Accumulator:
                                     "answered_1": float(np.mean([a == 1 for _, a in self.count_answered])) if self.count_answered else 0.0,
                                     "truth_1": float(np.mean([t == 1 for t, _ in self.count_answered])) if self.count_answered else 0.0}
         rep["click_mIoU"] = {"n": len(self.click), "mIoU": M.miou(self.click)}
+        rep["no_target"] = {"n": sum(map(len, self.no_target.values())), "n_acc": _share(self.no_target),
+                            "by": _by(self.no_target)}
+        rep["target"] = {"n": sum(map(len, self.target.values())), "t_acc": _share(self.target), "by": _by(self.target)}
+        rep["followup"] = {"n": sum(map(len, self.followup.values())), "accuracy": _share(self.followup),
+                           "turn1_acc@0.5": M.acc_at(self.followup_turn1), "by": _by(self.followup)}
+        rep["same_as_region"] = {"n": self.same["n"], "n_gt": self.same["gt"],
+                                 **M.prf(self.same["match"], self.same["pred"], self.same["gt"])}
+        rep["tiny_objects"] = {"n_answers": len(self.tiny), "share": float(np.mean(self.tiny)) if self.tiny else 0.0}
         rep["latency_ms_median"] = 1000 * statistics.median(self.latency) if self.latency else 0.0
         return rep
+
+
+def _share(groups: dict) -> float:
+    """Share of True over every list of ``groups`` (0.0 when they are all empty)."""
+    hits = [h for v in groups.values() for h in v]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def _by(groups: dict) -> dict:
+    return {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(groups.items()) if v}
+
+
+def _followup_kinds() -> dict:
+    from perception.data.shapesref_v2 import FOLLOWUPS
+
+    return {question: kind for kind, (question, _, _) in FOLLOWUPS.items()}
+
+
+_FOLLOWUP_KINDS = _followup_kinds()  # "What color is it?" -> "color"
 
 
 def evaluate(pipe, items, progress: bool = True, total=None) -> dict:
@@ -174,6 +286,12 @@ def evaluate(pipe, items, progress: bool = True, total=None) -> dict:
         if isinstance(turn, dict):
             mask = pipe.segment_point(gt["image"], turn["point"])
             acc.add(gt, turn, click_mask=mask, seconds=time.perf_counter() - t0)
+        elif isinstance(turn, list):  # a conversation: the user goes on from the model's own answers
+            answers, history = [], None
+            for t in turn:
+                answers.append(pipe.chat(gt["image"], t.user, history=history, regions=t.regions))
+                history = answers[-1].history
+            acc.add_conversation(gt, turn, answers, seconds=(time.perf_counter() - t0) / len(turn))
         else:
             ans = pipe.chat(gt["image"], turn.user, regions=turn.regions)
             acc.add(gt, turn, answer=ans, seconds=time.perf_counter() - t0)
@@ -195,7 +313,34 @@ def _table_rows(rep: dict) -> dict:
     if "answered_1" in c:
         rows["count:1"] = ("— answers that say 1 / questions whose count is 1", f"{c['answered_1']:.3f} / {c['truth_1']:.3f}")
     rows["click"] = (f"click-segmentation mIoU (n={rep['click_mIoU']['n']})", f"{rep['click_mIoU']['mIoU']:.3f}")
+    rows.update(_v2_rows(rep))
     rows["latency"] = ("median latency per turn", f"{rep['latency_ms_median']:.1f} ms")
+    return rows
+
+
+def _v2_rows(rep: dict) -> dict:
+    """The v2 rows of a report (none for a report written before v2; v2-only rows need n > 0)."""
+    rows = {}
+    nt, t = rep.get("no_target"), rep.get("target")
+    if nt and nt["n"]:
+        rows["n_acc"] = (f"N-acc: no-target requests that ground nothing and say so (n={nt['n']})", f"{nt['n_acc']:.3f}")
+        for k, v in nt["by"].items():
+            rows[f"n_acc:{k}"] = (f"— {k} (n={v['n']})", f"{v['accuracy']:.3f}")
+    if t:
+        rows["t_acc"] = (f"T-acc: requests with a target that ground >= 1 object (n={t['n']})", f"{t['t_acc']:.3f}")
+    f = rep.get("followup")
+    if f and f["n"]:
+        rows["followup"] = (f"follow-up accuracy (n={f['n']})", f"{f['accuracy']:.3f}")
+        rows["followup:turn1"] = ("— turn 1 Acc@0.5 (the object \"it\" is)", f"{f['turn1_acc@0.5']:.3f}")
+        for k, v in f["by"].items():
+            rows[f"followup:{k}"] = (f"— {k} (n={v['n']})", f"{v['accuracy']:.3f}")
+    sa = rep.get("same_as_region")
+    if sa and sa["n"]:
+        rows["same"] = (f"same-as-region P / R / F1 (requests={sa['n']}, objects={sa['n_gt']})",
+                        f"{sa['precision']:.3f} / {sa['recall']:.3f} / {sa['f1']:.3f}")
+    tiny = rep.get("tiny_objects")
+    if tiny:
+        rows["tiny"] = (f"answers holding an object of <= 4 pixels (n={tiny['n_answers']})", f"{tiny['share']:.3f}")
     return rows
 
 
@@ -255,13 +400,17 @@ def training_eval(model, tc) -> dict:
 def run_cli(args) -> int:
     import perception
 
+    v2_count = args.count if getattr(args, "v2_count", None) is None else args.v2_count
+    if v2_count < 0:
+        print(f"error: --v2-count must be >= 0; got {v2_count}", file=sys.stderr)
+        return 2
     pipe = perception.load_pipeline(args.model, device=args.device)
     if getattr(args, "box_source", None):
         pipe.model.config.box_head.source = args.box_source
     if getattr(args, "exclusive", None):
         pipe.model.config.mask_head.exclusive = args.exclusive == "on"
     if args.data == "shapesref":
-        items, total = shapesref_items(args.seed, args.count), None
+        items, total = shapesref_items(args.seed, args.count, v2_count), None
     elif args.data.startswith("refcoco:"):
         from perception.data.refcoco import RefCocoDataset
 
@@ -274,7 +423,8 @@ def run_cli(args) -> int:
     rep["model"] = args.model
     rep["box_source"] = pipe.model.config.box_head.source
     rep["exclusive"] = pipe.model.config.mask_head.exclusive
-    rep["data"] = args.data if args.data != "shapesref" else {"shapesref_seed": args.seed, "scenes": args.count}
+    rep["data"] = args.data if args.data != "shapesref" else {"shapesref_seed": args.seed, "scenes": args.count,
+                                                              "v2_scenes": v2_count}
     print(format_table(rep))
     if args.out:
         with open(args.out, "w") as f:

@@ -56,4 +56,28 @@ def contains_words(answer: str, expected: list) -> bool:
     return all(re.search(rf"(?<![\w]){re.escape(w.lower())}(?![\w])", a) for w in expected)
 
 
-__all__ = ["acc_at", "miou", "ciou", "mask_inter_union", "match_boxes", "prf", "contains_words", "box_iou", "mask_iou"]
+_NEGATION = re.compile(r"(?<![\w])(no|not|none)(?![\w])", re.IGNORECASE)
+_ZERO = re.compile(r"(?<![\w.])0(?!\w|\.\d)")  # "0", "0.", "(0)"; not "10", "0.5", "0th"
+
+
+def says_none(text: str, counting: bool = False) -> bool:
+    """The answer says there is nothing (SHAPESREF.md v2, N-acc): one of the words "no", "not",
+    "none" (whole words, any case); for a counting question it must state the number 0 (a
+    standalone "0"), as the spec asks ("counting: states 0")."""
+    if counting:
+        return bool(_ZERO.search(text))
+    return bool(_NEGATION.search(text))
+
+
+def rejects(text: str, n_objects: int, counting: bool = False) -> bool:
+    """A no-target request answered right: it grounds nothing and says so (``says_none``)."""
+    return n_objects == 0 and says_none(text, counting)
+
+
+def has_tiny_object(masks, max_pixels: int = 4) -> bool:
+    """Some grounded object's mask has ``max_pixels`` or fewer pixels (a placeholder, not an
+    object: ShapesRef's smallest object has far more). ``None`` masks (no mask head) are skipped."""
+    return any(m is not None and int(np.count_nonzero(m)) <= max_pixels for m in masks)
+
+
+__all__ = ["says_none", "rejects", "has_tiny_object", "acc_at", "miou", "ciou", "mask_inter_union", "match_boxes", "prf", "contains_words", "box_iou", "mask_iou"]

@@ -92,11 +92,37 @@ def resolve(expr: str, objs: list[dict], W: int, H: int) -> int:
 GROUND_RE = re.compile(r"(Where is|Find|Locate|Segment|Show me|Point out) (the .+?)[?.]?")
 
 
-def check_turn(sample: Sample, turn: Turn) -> None:
-    """Every task's turn against the spec and the brief's answer formats."""
+def _group(noun: str, objs: list[dict]) -> tuple[list[int], str]:
+    """ "circles" / "red objects" -> (matching objects left to right, the singular noun)."""
+    if noun.endswith(" objects"):
+        color = noun[: -len(" objects")]
+        assert color in BASE, noun
+        match = [i for i, o in enumerate(objs) if o["color"] == color]
+    else:
+        assert noun.endswith("s") and noun[:-1] in SHAPE_WORDS, noun
+        match = [i for i, o in enumerate(objs) if o["shape"] == noun[:-1]]
+    return sorted(match, key=lambda i: objs[i]["pos"]), noun[:-1]
+
+
+def _asked_noun(turn: Turn) -> str:
+    """The plural noun of an "all the ..." or "How many ... are there?" request."""
+    if turn.task.startswith("count"):
+        m = re.fullmatch(r"How many (.+) are there\?", turn.user)
+    else:
+        m = re.fullmatch(r"(Find|Segment|Show me) all the (.+?)[?.]?", turn.user)
+    assert m, turn.user
+    return m.group(m.lastindex)
+
+
+def check_turn(sample: Sample, turn: Turn, prev: Turn | None = None) -> None:
+    """Every task's turn against the spec and docs/SHAPESREF.md's answer formats. ``prev``: the
+    turn before (a follow-up is about the object it grounded)."""
     objs = _scene_view(sample)
     W, H = sample.image.size
     assert turn.task in sr.TASKS
+    if turn.task in ("ground_none", "ground_all_none", "count_none", "followup", "same_as_region"):
+        check_v2_turn(sample, turn, prev)
+        return
     if turn.task in ("ground_A", "ground_S", "ground_R"):
         user = turn.user[0].upper() + turn.user[1:]
         m = GROUND_RE.fullmatch(user)
@@ -109,22 +135,9 @@ def check_turn(sample: Sample, turn: Turn) -> None:
         assert turn.task == f"ground_{kind}"
         assert not turn.regions and not turn.expect
     elif turn.task in ("ground_all", "count"):
-        if turn.task == "ground_all":
-            m = re.fullmatch(r"(Find|Segment|Show me) all the (.+?)[?.]?", turn.user)
-        else:
-            m = re.fullmatch(r"How many (.+) are there\?", turn.user)
-        assert m, turn.user
-        noun = m.group(m.lastindex)
-        if noun.endswith(" objects"):
-            color = noun[: -len(" objects")]
-            assert color in BASE
-            match = [i for i, o in enumerate(objs) if o["color"] == color]
-        else:
-            assert noun.endswith("s") and noun[:-1] in SHAPE_WORDS, noun
-            match = [i for i, o in enumerate(objs) if o["shape"] == noun[:-1]]
+        match, one = _group(_asked_noun(turn), objs)
         assert match, "asked about a count of zero"
-        match.sort(key=lambda i: objs[i]["pos"])
-        listing = ", ".join(grounded(f"the {sample.labels[i]}") for i in match)
+        listing = ", ".join(grounded(f"the {one}") for _ in match)  # named by the question's noun
         assert turn.targets == match
         if turn.task == "count":
             assert turn.assistant == f"{listing}: {len(match)} in total" and turn.expect == [str(len(match))]
@@ -155,6 +168,52 @@ def check_turn(sample: Sample, turn: Turn) -> None:
             assert sample.masks[turn.targets[0] if turn.targets else owners[0]][int(y), int(x)]
         return
     assert parse_answer(turn.assistant).phrases.count(None) == 0
+
+
+def check_v2_turn(sample: Sample, turn: Turn, prev: Turn | None) -> None:
+    """v2 turns (SHAPESREF.md "v2"; wording of docs/SHAPESREF.md), read independently of the generator."""
+    objs = _scene_view(sample)
+    if turn.task != "same_as_region" or not turn.targets:
+        assert "<loc>" not in turn.assistant and turn.targets == []
+    if turn.task == "ground_none":
+        m = GROUND_RE.fullmatch(turn.user[0].upper() + turn.user[1:])
+        assert m, turn.user
+        phrase = m.group(2).removeprefix("the ")
+        assert not [o for o in objs if _matches(o, _attrs(phrase))], f"{phrase!r} matches an object"
+        assert turn.assistant == f"There is no {phrase}." and not turn.regions and not turn.expect
+    elif turn.task in ("ground_all_none", "count_none"):
+        noun = _asked_noun(turn)
+        assert _group(noun, objs)[0] == [], f"{noun!r} matches an object"
+        if turn.task == "ground_all_none":
+            assert turn.assistant == f"There are no {noun}." and turn.expect == []
+        else:
+            assert turn.assistant == f"There are no {noun}: 0 in total" and turn.expect == ["0"]
+    elif turn.task == "same_as_region":
+        m = re.fullmatch(r"Find all the objects with the same (color|shape) as <region1>\.", turn.user)
+        assert m and len(turn.regions) == 1, turn.user
+        attr = m.group(1)
+        owners = [i for i in range(len(objs)) if _region_is(turn.regions[0], sample, i)]
+        assert len(owners) >= 1
+        i = owners[0]
+        others = sorted((j for j, o in enumerate(objs) if j != i and o[attr] == objs[i][attr]),
+                        key=lambda j: objs[j]["pos"])
+        assert turn.targets == others
+        one = objs[i]["shape"] if attr == "shape" else f"{objs[i]['color']} object"
+        want = ", ".join(grounded(f"the {one}") for _ in others) if others else f"There are no other {one}s."
+        assert turn.assistant == want and turn.expect == []
+    else:  # followup: about the one object the previous turn grounded
+        assert prev is not None and prev.task in ("ground_A", "ground_S", "ground_R") and len(prev.targets) == 1
+        size, color, shape = sample.labels[prev.targets[0]].split()
+        want = {"What color is it?": (color, [color]), "What shape is it?": (shape, [shape]),
+                "What size is it?": (size, [size]),
+                "Describe it.": (f"a {size} {color} {shape}", [f"{size} {color} {shape}"])}[turn.user]
+        assert (turn.assistant, turn.expect) == want and not turn.regions
+
+
+def check_turns(sample: Sample) -> None:
+    """Every turn of a sample, a follow-up with the turn before it."""
+    for k, t in enumerate(sample.turns):
+        check_turn(sample, t, sample.turns[k - 1] if k else None)
 
 
 def _region_is(r: Region, sample: Sample, i: int) -> bool:
@@ -259,27 +318,39 @@ def test_option_ranges_are_all_sampled():
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_expressions_pick_out_one_object(seed):
-    s = sr.make_sample(seed, tasks=["ground_A", "ground_S", "ground_R"], n_turns=6)
+    s = sr.make_sample(seed, tasks=["ground_A", "ground_S", "ground_R"], n_requests=6)
     for t in s.turns:
         check_turn(s, t)
 
 
+def _scene_sample(scene: sr.Scene, turns: list) -> Sample:
+    return Sample(image=scene.image, boxes=np.array([o.box for o in scene.objects], np.float32),
+                  masks=np.stack([o.mask for o in scene.objects]), labels=[o.label for o in scene.objects],
+                  turns=turns)
+
+
 @pytest.mark.parametrize("task", sr.TASKS)
 def test_every_task_gives_valid_turns(task):
+    """Each request has the right number of turns (a follow-up two, the rest one), each valid."""
     made = 0
     for seed in range(12):
         scene = sr.draw_scene(np.random.default_rng(seed))
-        turn = sr.make_turn(scene, np.random.default_rng(seed + 1000), task)
-        if turn is None:
-            assert task in ("ground_A", "ground_S", "ground_R")
+        turns = sr.make_request(scene, np.random.default_rng(seed + 1000), task)
+        if turns is None:
+            assert task in ("ground_A", "ground_S", "ground_R", "ground_all_none", "count_none")
             continue
         made += 1
-        sample = Sample(image=scene.image, boxes=np.array([o.box for o in scene.objects], np.float32),
-                        masks=np.stack([o.mask for o in scene.objects]),
-                        labels=[o.label for o in scene.objects], turns=[turn])
-        assert turn.task == task
-        check_turn(sample, turn)
+        sample = _scene_sample(scene, turns)
+        assert len(turns) == (2 if task == "followup" else 1)
+        assert turns[-1].task == task
+        check_turns(sample)
     assert made >= 3
+
+
+def test_followup_is_not_a_single_turn():
+    scene = sr.draw_scene(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="make_request"):
+        sr.make_turn(scene, np.random.default_rng(0), "followup")
 
 
 @pytest.mark.parametrize("kind", ["point", "box", "mask"])
@@ -291,7 +362,7 @@ def test_region_kinds(kind):
 
 def test_ground_all_sorted_left_to_right():
     for seed in range(20):
-        s = sr.make_sample(seed, tasks=["ground_all", "count"], n_turns=2)
+        s = sr.make_sample(seed, tasks=["ground_all", "count", "same_as_region"], n_requests=2)
         for t in s.turns:
             xs = [(s.boxes[i][0] + s.boxes[i][2]) / 2 for i in t.targets]
             assert xs == sorted(xs)
@@ -300,7 +371,7 @@ def test_ground_all_sorted_left_to_right():
 
 @pytest.mark.parametrize("seed", [0, 1, 17])
 def test_determinism(seed):
-    a, b = sr.make_sample(seed, n_turns=3), sr.make_sample(seed, n_turns=3)
+    a, b = sr.make_sample(seed, n_requests=3), sr.make_sample(seed, n_requests=3)
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
     assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.masks, b.masks)
     assert a.labels == b.labels
@@ -316,12 +387,14 @@ def test_determinism(seed):
 
 
 def test_sample_arrays():
-    s = sr.make_sample(4, n_turns=4)
+    s = sr.make_sample(4, tasks=sr.V1_TASKS, n_requests=4)
     W, H = s.image.size
     K = len(s.labels)
     assert s.boxes.dtype == np.float32 and s.boxes.shape == (K, 4)
     assert s.masks.dtype == bool and s.masks.shape == (K, H, W)
     assert s.meta["seed"] == 4 and len(s.turns) == 4
+    f = sr.make_sample(4, tasks=["followup", "ground_none"], weights=[1, 0], n_requests=3)
+    assert [t.task for t in f.turns][1::2] == ["followup"] * 3 and len(f.turns) == 6
 
 
 @pytest.mark.parametrize("bad", [dict(tasks=["nope"]), dict(tasks=[]), dict(tasks=["count"], weights=[1, 2]),
@@ -332,17 +405,17 @@ def test_make_sample_rejects_bad_arguments(bad):
 
 
 def test_weights_select_tasks():
-    s = sr.make_sample(3, tasks=["count", "region_color"], weights=[0, 1], n_turns=5)
+    s = sr.make_sample(3, tasks=["count", "region_color"], weights=[0, 1], n_requests=5)
     assert {t.task for t in s.turns} == {"region_color"}
 
 
 def test_write_dataset_round_trip(tmp_path):
-    path = sr.write_dataset(tmp_path, seed=100, count=3, n_turns=3)
+    path = sr.write_dataset(tmp_path, seed=100, count=3, n_requests=3)
     assert path == tmp_path / "data.jsonl" and len(list((tmp_path / "images").glob("*.png"))) == 3
     back = list(read_jsonl(path))
     assert len(back) == 3
     for i, r in enumerate(back):
-        s = sr.make_sample(100 + i, n_turns=3)
+        s = sr.make_sample(100 + i, n_requests=3)
         assert np.array_equal(np.asarray(r.image), np.asarray(s.image))
         assert np.array_equal(r.masks, s.masks) and np.array_equal(r.boxes, s.boxes)
         assert r.labels == s.labels
@@ -355,7 +428,7 @@ def test_write_dataset_round_trip(tmp_path):
                     assert np.array_equal(a.mask, b.mask)
                 else:
                     assert tuple(a.point or a.box) == tuple(b.point or b.box)
-            check_turn(r, tr)
+        check_turns(r)
 
 
 def test_speed_is_reasonable():
@@ -370,26 +443,167 @@ def test_speed_is_reasonable():
 
 def test_constants():
     assert sr.COLORS == BASE and sr.SHAPES == ["circle", "square", "triangle", "star", "hexagon"]
-    assert len(sr.TASKS) == 10 and math.isclose(sr.MARGIN, 0.05)
+    assert len(sr.V1_TASKS) == 10 and sr.TASKS == sr.V1_TASKS + sr.V2_TASKS and math.isclose(sr.MARGIN, 0.05)
+    assert sr.V2_TASKS == ["ground_none", "ground_all_none", "count_none", "followup", "same_as_region"]
 
 
-def test_noun_listing_names_only_what_was_asked():
-    """list_phrase="noun": every listed object is named by the question's noun, left to right,
-    with the same targets as the "label" form."""
-    from perception.data.shapesref import make_sample
+def test_data_config_defaults_cover_every_task():
+    from perception.config import DataConfig
 
+    d = DataConfig()
+    assert d.tasks == sr.TASKS and len(d.weights) == len(d.tasks) and math.isclose(sum(d.weights), 1.0)
+
+
+def test_listings_name_only_what_was_asked():
+    """"All", counting and same-as-a-region answers name every listed object by the question's
+    noun ("the circle", "the red object"), left to right."""
     seen = 0
     for seed in range(40):
-        a = make_sample(seed, tasks=["ground_all", "count"], list_phrase="noun")
-        b = make_sample(seed, tasks=["ground_all", "count"], list_phrase="label")
-        ta, tb = a.turns[0], b.turns[0]
-        assert (ta.user, ta.targets, ta.expect) == (tb.user, tb.targets, tb.expect)
-        noun = re.search(r"all the (.+?)s?[?.]?$|How many (.+?)s? are there", ta.user)
-        one = (noun.group(1) or noun.group(2)).removesuffix(" object")
-        phrases = re.findall(r"<p>(.+?)</p><loc>", ta.assistant)
-        assert len(phrases) == len(ta.targets)
-        assert all(p in (f"the {one}", f"the {one} object") for p in phrases), (ta.user, ta.assistant)
+        t = sr.make_sample(seed, tasks=["ground_all", "count", "same_as_region"]).turns[0]
+        phrases = re.findall(r"<p>(.+?)</p><loc>", t.assistant)
+        assert len(phrases) == len(t.targets) and len(set(phrases)) <= 1, t.assistant
+        if t.task != "same_as_region":  # its nouns: check_v2_turn
+            m = re.search(r"all the (.+?)s?[?.]?$|How many (.+?)s? are there", t.user)
+            one = (m.group(1) or m.group(2)).removesuffix(" object")
+            assert all(p in (f"the {one}", f"the {one} object") for p in phrases), (t.user, t.assistant)
         seen += len(phrases) > 1
     assert seen, "some questions list several objects"
-    with pytest.raises(ValueError, match="list_phrase"):
-        make_sample(0, list_phrase="names")
+
+
+# --- v2 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["ground_none", "ground_all_none", "count_none"])
+def test_no_target_phrases_match_no_object(task):
+    """Over many scenes (1..6 objects) every no-target request names something absent (checked
+    by check_v2_turn's own reading of the phrase) and its answer says so without a <loc>."""
+    from perception.metrics import says_none
+
+    made = 0
+    for seed in range(60):
+        s = sr.make_sample(seed, tasks=[task], n_requests=2)
+        for t in s.turns:
+            if t.task == task:  # an impossible one falls back to ground_A
+                made += 1
+                check_v2_turn(s, t, None)
+                assert says_none(t.assistant, counting=task == "count_none")
+    assert made >= 60
+
+
+def test_same_as_region_targets_are_the_other_objects_sharing_the_attribute():
+    from perception.data.shapesref_v2 import same_as_region
+
+    kinds, none, some = set(), 0, 0
+    for seed in range(60):
+        scene = sr.draw_scene(np.random.default_rng(seed))
+        for attr in ("color", "shape"):
+            t = same_as_region(scene, np.random.default_rng(seed), attribute=attr)
+            (r,) = t.regions
+            kinds.add(r.kind)
+            s = _scene_sample(scene, [t])
+            check_v2_turn(s, t, None)
+            owner = [i for i, o in enumerate(scene.objects) if _region_is(r, s, i)][0]
+            assert owner not in t.targets
+            none += not t.targets
+            some += len(t.targets) >= 2
+    assert kinds == {"point", "box", "mask"} and none and some
+
+
+@pytest.mark.parametrize("question", ["color", "shape", "size", "describe"])
+def test_followup_expected_words(question):
+    from perception.data.shapesref_v2 import make_followup
+
+    firsts = set()
+    for seed in range(12):
+        scene = sr.draw_scene(np.random.default_rng(seed))
+        turns = make_followup(scene, np.random.default_rng(seed), question=question)
+        if turns is None:
+            continue
+        first, second = turns
+        o = scene.objects[first.targets[0]]
+        want = {"color": [o.color], "shape": [o.shape], "size": [o.size], "describe": [o.label]}[question]
+        assert second.expect == want and second.task == "followup" and first.assistant.count("<loc>") == 1
+        firsts.add(first.task)
+        check_turns(_scene_sample(scene, turns))
+    assert firsts >= {"ground_A", "ground_R"}
+
+
+def test_v2_samples_are_valid_and_deterministic():
+    for seed in range(30):
+        s = sr.make_sample(seed, tasks=sr.V2_TASKS, n_requests=2)
+        assert 2 <= len(s.turns) <= 4
+        check_turns(s)
+        again = sr.make_sample(seed, tasks=sr.V2_TASKS, n_requests=2)
+        assert [(t.user, t.assistant, t.targets) for t in s.turns] == [(t.user, t.assistant, t.targets) for t in again.turns]
+
+
+# v1 samples pinned at the branch point (commit 05db733, list_phrase="noun", the form that ships):
+# sha256 over image bytes, masks, boxes and every turn, by the helper below.
+V1_PINS = {
+    ("default", 0): "e2d27a53c94c1f1f", ("stage3", 0): "0bb910ee477b6456",
+    ("default", 7): "29a2be29a1ca57ea", ("stage3", 7): "f3dbb92da053d180",
+    ("default", 123): "9436d6b4d592ce14", ("stage3", 123): "5247c54df1068a2d",
+    ("default", 10_000_000): "d147c21f5a41edda", ("stage3", 10_000_000): "f6feb41f0967a3a2",
+}
+STAGE3_WEIGHTS = [0.08, 0.20, 0.16, 0.16, 0.12, 0.04, 0.04, 0.02, 0.06, 0.12]
+
+
+def _digest(s: Sample) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(np.asarray(s.image).tobytes())
+    h.update(s.masks.tobytes())
+    h.update(s.boxes.tobytes())
+    for t in s.turns:
+        h.update(repr((t.user, t.assistant, t.targets, t.task, t.expect)).encode())
+        for r in t.regions:
+            h.update(repr((r.kind, r.point, r.box)).encode())
+            if r.mask is not None:
+                h.update(r.mask.tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("mix,seed", sorted(V1_PINS))
+def test_v1_samples_are_unchanged(mix, seed):
+    """With the v1 task list, v2 changes nothing: same scenes, requests and answers, seed for seed."""
+    if mix == "default":
+        s = sr.make_sample(seed, tasks=sr.V1_TASKS, n_requests=3)
+    else:
+        s = sr.make_sample(seed, tasks=sr.V1_TASKS, weights=STAGE3_WEIGHTS, n_requests=2)
+    assert _digest(s) == V1_PINS[(mix, seed)]
+
+
+def test_v1_evaluation_items_are_unchanged():
+    """The evaluator's v1 requests (what the shipped model's v1 numbers come from) are those of
+    the branch point, whether or not v2 requests are asked too."""
+    import hashlib
+
+    from perception.evaluate import shapesref_items
+
+    def digest(items):
+        h = hashlib.sha256()
+        for i, gt, t in items:
+            if isinstance(t, dict):
+                h.update(repr((i, t["point"], t["target"])).encode())
+            elif isinstance(t, Turn) and t.task in sr.V1_TASKS:
+                h.update(repr((i, t.user, t.targets, t.task, t.expect, [r.kind for r in t.regions],
+                               [r.point for r in t.regions], [r.box for r in t.regions])).encode())
+        return h.hexdigest()[:16]
+
+    assert digest(shapesref_items(10_000_000, 12)) == "05863c66bb06486e"
+    assert digest(shapesref_items(10_000_000, 12, v2_count=12)) == "05863c66bb06486e"
+
+
+def test_v2_samples_train(tiny_model, tiny_tokenizer):
+    """v2 conversations (answers with no <loc>, a follow-up's two turns) collate into a batch the
+    model takes a finite loss on, like v1 samples."""
+    import torch
+
+    from perception.data.collate import Collator
+
+    col = Collator(tiny_model.config, tiny_tokenizer, tiny_model.backbone.num_image_tokens)
+    samples = [sr.make_sample(s, tasks=sr.V2_TASKS, n_requests=2) for s in (1, 2, 3)]
+    assert {t.task for s in samples for t in s.turns} >= {"followup"}
+    out = tiny_model(col(samples))
+    assert torch.isfinite(out["loss"])

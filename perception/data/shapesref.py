@@ -1,6 +1,8 @@
-"""ShapesRef v1: procedurally drawn scenes of flat shapes with referring expressions.
+"""ShapesRef: procedurally drawn scenes of flat shapes with referring expressions.
 
-The contract is ``SHAPESREF.md`` (shared docs); every option it allows is sampled here.
+The contract is ``SHAPESREF.md`` (shared docs); every option it allows is sampled here. The v1
+requests are built here, the v2 ones (no target, follow-ups about "it", same as a region) in
+``perception.data.shapesref_v2``; docs/SHAPESREF.md records the answer wording.
 
 Frames: pixels of the image, x = column, y = row. Geometry is drawn in the continuous frame
 where pixel (col i, row j) covers [i, i+1) x [j, j+1) (its centre is (i + 0.5, j + 0.5)).
@@ -36,10 +38,13 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: list[str] = ["circle", "square", "triangle", "star", "hexagon"]
 SIZES: dict[str, tuple[float, float]] = {"small": (0.10, 0.16), "large": (0.22, 0.32)}  # x min(W, H)
-TASKS: list[str] = [
+V1_TASKS: list[str] = [
     "ground_A", "ground_S", "ground_R", "ground_all", "count",
     "region_what", "region_describe", "region_color", "region_shape", "click_seg",
 ]
+NO_TARGET_TASKS: list[str] = ["ground_none", "ground_all_none", "count_none"]
+V2_TASKS: list[str] = NO_TARGET_TASKS + ["followup", "same_as_region"]
+TASKS: list[str] = V1_TASKS + V2_TASKS
 
 IMAGE_SIDE = (192, 448)  # inclusive range of W and of H
 COLOR_JITTER = 20  # +- per channel
@@ -455,7 +460,24 @@ def _choice(rng, seq):
 
 
 def _sorted_matches(objs, idx) -> list:
+    """Object indices in listing order: left to right (box centre x, then y)."""
     return sorted(idx, key=lambda i: (objs[i].cx, objs[i].cy))
+
+
+def _ground_request(rng, expr: str) -> str:
+    """A one-object grounding request for ``expr``: verb, optional "?" / ".", random first-letter case."""
+    user = f"{_choice(rng, GROUND_VERBS)} {expr}{_punct(rng)}"
+    if rng.random() < 0.5:
+        user = user[0].lower() + user[1:]
+    return user
+
+
+def group_nouns(key: tuple) -> tuple[str, str]:
+    """A "shape" or "color object" group key -> (plural, singular) nouns: ("circles", "circle"),
+    ("red objects", "red object")."""
+    if len(key) == 1:
+        return f"{key[0]}s", key[0]
+    return f"{key[0]} objects", f"{key[0]} object"
 
 
 def _region(rng, o: ShapeObject, kind: str) -> Region:
@@ -470,20 +492,14 @@ def _region(rng, o: ShapeObject, kind: str) -> Region:
     raise ValueError(f"region_kind must be one of {REGION_KINDS}; got {kind!r}")
 
 
-LIST_PHRASES = ("label", "noun")
+def make_turn(scene: Scene, rng: np.random.Generator, task: str, region_kind: str | None = None) -> Turn | None:
+    """One turn of a one-turn ``task`` about ``scene``; None when the task is impossible for this scene.
 
-
-def make_turn(scene: Scene, rng: np.random.Generator, task: str, region_kind: str | None = None,
-              list_phrase: str = "label") -> Turn | None:
-    """One turn of ``task`` about ``scene``; None when the task is impossible for this scene.
-
-    region_kind: "point" | "box" | "mask" for region questions (sampled uniformly when None).
-    list_phrase: how "all" and counting answers name each object (left to right): "label" —
-    its full label ("the small red circle"); "noun" — the question's noun ("the circle", "the red
-    object"), so the answer never names an attribute the question did not.
+    region_kind: "point" | "box" | "mask" for region questions and same-as-a-region requests
+    (sampled uniformly when None). "All" and counting answers name each object (left to right)
+    by the question's noun ("the circle", "the red object"), never by an attribute the question
+    did not give. "followup" is two turns: use make_request.
     """
-    if list_phrase not in LIST_PHRASES:
-        raise ValueError(f"list_phrase must be one of {LIST_PHRASES}; got {list_phrase!r}")
     objs = scene.objects
     if not objs:
         return None
@@ -495,18 +511,14 @@ def make_turn(scene: Scene, rng: np.random.Generator, task: str, region_kind: st
         if not exprs:
             return None
         expr, i = _pick_expression(rng, exprs)
-        user = f"{_choice(rng, GROUND_VERBS)} {expr}{_punct(rng)}"
-        if rng.random() < 0.5:
-            user = user[0].lower() + user[1:]
-        return Turn(user=user, assistant=grounded(expr), targets=[i], task=task)
+        return Turn(user=_ground_request(rng, expr), assistant=grounded(expr), targets=[i], task=task)
     if task in ("ground_all", "count"):
         kind = _choice(rng, ("shape", "color object"))
         groups = _groups(objs, kind)
         key = _choice(rng, list(groups))
         idx = _sorted_matches(objs, groups[key])
-        noun = f"{key[0]}s" if kind == "shape" else f"{key[0]} objects"
-        one = key[0] if kind == "shape" else f"{key[0]} object"
-        listing = ", ".join(grounded(f"the {objs[i].label if list_phrase == 'label' else one}") for i in idx)
+        noun, one = group_nouns(key)
+        listing = ", ".join(grounded(f"the {one}") for _ in idx)
         if task == "ground_all":
             user = f"{_choice(rng, ALL_VERBS)} all the {noun}{_punct(rng)}"
             return Turn(user=user, assistant=listing, targets=idx, task=task)
@@ -529,24 +541,41 @@ def make_turn(scene: Scene, rng: np.random.Generator, task: str, region_kind: st
             "region_shape": ("What shape is <region1>?", o.shape, o.shape),
         }[task]
         return Turn(user=user, assistant=answer, regions=[region], task=task, expect=[expect])
+    if task in V2_TASKS:
+        from perception.data import shapesref_v2
+
+        if task == "followup":
+            raise ValueError("task 'followup' is a two-turn request; use make_request")
+        return shapesref_v2.make_v2_turn(scene, rng, task, region_kind)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def make_request(scene: Scene, rng: np.random.Generator, task: str, region_kind: str | None = None) -> list | None:
+    """The turns of one request of ``task``: one Turn, or two for "followup" (a one-object
+    grounding request, then a question about "it"); None when the task is impossible here."""
+    if task == "followup":
+        from perception.data.shapesref_v2 import make_followup
+
+        return make_followup(scene, rng)
+    turn = make_turn(scene, rng, task, region_kind)
+    return None if turn is None else [turn]
 
 
 def make_sample(
     seed: int,
     tasks: list[str] | None = None,
     weights: list[float] | None = None,
-    n_turns: int = 1,
-    list_phrase: str = "label",
+    n_requests: int = 1,
     **scene_kwargs,
 ) -> Sample:
-    """A scene and ``n_turns`` turns, deterministic in ``seed``.
+    """A scene and a conversation of ``n_requests`` requests, deterministic in ``seed``.
 
-    Each turn's task is drawn from ``tasks`` (default TASKS) with ``weights`` (default uniform);
-    an impossible task is redrawn a few times, then replaced by ground_A; a scene where not even
-    ground_A is possible (every object has an identical twin) is redrawn. ``scene_kwargs`` go to
-    draw_scene; ``list_phrase`` to make_turn. boxes: (K, 4) float32 pixel corners; masks: (K, H, W)
-    bool visible masks.
+    Each request's task is drawn from ``tasks`` (default TASKS, v1 and v2) with ``weights``
+    (default uniform); an impossible task is redrawn a few times, then replaced by ground_A; a
+    scene where not even ground_A is possible (every object has an identical twin) is redrawn.
+    A request is one turn, a "followup" two. With only V1_TASKS the samples are those of v1,
+    seed for seed. ``scene_kwargs`` go to draw_scene. boxes: (K, 4) float32 pixel corners;
+    masks: (K, H, W) bool visible masks.
     """
     tasks = list(TASKS if tasks is None else tasks)
     if not tasks:
@@ -564,19 +593,20 @@ def make_sample(
     rng = np.random.default_rng(seed)
     for _ in range(_SCENE_TRIES):
         scene = draw_scene(rng, **scene_kwargs)
-        turns = []
-        for _ in range(n_turns):
-            turn = None
+        turns, made = [], 0
+        for _ in range(n_requests):
+            request = None
             for _ in range(_TASK_TRIES):
-                turn = make_turn(scene, rng, tasks[int(rng.choice(len(tasks), p=p))], list_phrase=list_phrase)
-                if turn is not None:
+                request = make_request(scene, rng, tasks[int(rng.choice(len(tasks), p=p))])
+                if request is not None:
                     break
-            if turn is None:
-                turn = make_turn(scene, rng, "ground_A")
-            if turn is None:
+            if request is None:
+                request = make_request(scene, rng, "ground_A")
+            if request is None:
                 break
-            turns.append(turn)
-        if len(turns) == n_turns:
+            turns += request
+            made += 1
+        if made == n_requests:
             break
     else:
         raise RuntimeError(f"ShapesRef seed {seed}: no scene with a unique expression in {_SCENE_TRIES} draws")
@@ -595,7 +625,7 @@ def write_dataset(
     count: int,
     tasks: list[str] | None = None,
     weights: list[float] | None = None,
-    n_turns: int = 1,
+    n_requests: int = 1,
 ) -> Path:
     """Write ``count`` samples (sample i from seed ``seed + i``) as images/*.png + data.jsonl.
 
@@ -605,5 +635,5 @@ def write_dataset(
 
     from perception.data.jsonl import write_jsonl
 
-    samples = (make_sample(seed + i, tasks, weights, n_turns) for i in range(count))
+    samples = (make_sample(seed + i, tasks, weights, n_requests) for i in range(count))
     return write_jsonl(tqdm(samples, total=count, desc="ShapesRef", unit="sample"), out_dir)

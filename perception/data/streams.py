@@ -24,9 +24,8 @@ class ShapesRefStream(IterableDataset):
         i = self.start + wid
         while True:
             seed = (self.seed * 1_000_003 + self.rank * 100_000_007 + i) % (2**31)
-            n_turns = 2 if rng.random() < self.cfg.multi_turn else 1
-            yield make_sample(seed, tasks=self.cfg.tasks, weights=self.cfg.weights, n_turns=n_turns,
-                              list_phrase=self.cfg.list_phrase)
+            n_requests = 2 if rng.random() < self.cfg.multi_turn else 1
+            yield make_sample(seed, tasks=self.cfg.tasks, weights=self.cfg.weights, n_requests=n_requests)
             i += nw
 
 
