@@ -68,6 +68,7 @@ class MaskHeadConfig:
     sam_encoder_depth: Optional[int] = None  # "sam": override depth (tests build tiny encoders)
     sam_encoder_dim: Optional[int] = None  # "sam": override embed dim (tests)
     mask_threshold: float = 0.5  # probability above which a pixel is in the mask
+    min_object_pixels: int = 5  # decoding: a <loc> whose mask has fewer pixels (input image) grounds nothing
     exclusive: bool = True  # decoding: each <loc> of an answer takes its mask from pixels no earlier <loc> of that answer took
 
 

@@ -7,6 +7,12 @@ before the next step. The mask fed back is the mask reported, so later tokens kn
 object was grounded. With ``mask_head.exclusive`` each ``<loc>`` of an answer takes its pixels
 from those no earlier ``<loc>`` of the answer took.
 
+No placeholder objects: a ``<loc>`` whose mask has fewer than ``mask_head.min_object_pixels``
+pixels above ``mask_threshold`` (after the exclusive claim) grounds nothing -- it is dropped from
+the answer's objects, claims no pixels and feeds nothing back. An answer may so ground nothing
+(``Answer.objects == []``). ``Grounding.score`` is the mask's peak probability: the head's
+confidence that the object is there, comparable across objects and answers (sort by it).
+
 Generation calls the decoder once per ``<loc>`` (perception.generation); the pipeline pairs the
 decoded objects with the answer's phrases (``objects``). ``answer_decoder`` picks the decoder for a
 model's output mode (the text-box baseline reads its boxes from the text instead:
@@ -30,7 +36,7 @@ class ObjectDecoder:
 
     model: a PerceptionModel; state: its ImageState for a batch holding the image at row ``bidx``;
     frame: the ImageFrame mapping that image to the model frame. ``decoded`` holds one Grounding
-    (phrase None) per ``<loc>`` so far, in order.
+    (phrase None), or None for a dropped one, per ``<loc>`` so far, in order.
     """
 
     def __init__(self, model, state, frame: ImageFrame, bidx: int = 0):
@@ -57,9 +63,11 @@ class ObjectDecoder:
         else:  # "head": the paper's MLP on the state
             mask = prob >= thr
             box = tuple(self.frame.boxes_to_pixels(box_norm[0].float().cpu().numpy()).tolist())
+        if int(mask.sum()) < cfg.mask_head.min_object_pixels:  # nothing there: no placeholder object
+            self.decoded.append(None)
+            return None
         self._claimed |= mask
-        score = float(prob[mask].mean()) if mask.any() else 0.0
-        self.decoded.append(Grounding(box=tuple(float(v) for v in box), mask=mask, score=score))
+        self.decoded.append(Grounding(box=tuple(float(v) for v in box), mask=mask, score=float(prob[mask].max())))
         if not cfg.loc_feedback:
             return None
         side = logits.shape[-1]
@@ -68,10 +76,11 @@ class ObjectDecoder:
 
     def objects(self, raw: str) -> list[Grounding]:
         """The answer's objects, each paired with the ``<p>phrase</p>`` its ``<loc>`` follows
-        (``parse_answer``'s pairing; None when a ``<loc>`` has no phrase)."""
+        (``parse_answer``'s pairing, by ``<loc>`` order; None when a ``<loc>`` has no phrase).
+        A dropped ``<loc>`` drops its pairing too: its phrase stays in the text, with no object."""
         phrases = parse_answer(raw).phrases
         return [dataclasses.replace(g, phrase=phrases[k] if k < len(phrases) else None)
-                for k, g in enumerate(self.decoded)]
+                for k, g in enumerate(self.decoded) if g is not None]
 
 
 def answer_decoder(model, state, frame: ImageFrame, bidx: int = 0, max_objects: int | None = None):

@@ -13,7 +13,7 @@ class Generated:
     ids: torch.Tensor  # (1, T + n) prompt + generated ids
     prompt_len: int  # T
     decoder: object = None  # the answer decoder that saw every <loc> (``decoder.objects(raw)``)
-    objects: list = field(default_factory=list)  # one Grounding per generated <loc> (phrase None), in order
+    objects: list = field(default_factory=list)  # one Grounding (phrase None) per generated <loc> that grounded something, in order
 
 
 @torch.no_grad()
@@ -69,4 +69,5 @@ def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_token
                 emb = emb + fb[:, None].to(emb.dtype)
         logits, hidden, past = model.backbone.forward_embeds(emb, past_key_values=past, use_cache=True)
         last = hidden[0, -1:]
-    return Generated(torch.tensor([ids], device=input_ids.device), T, decoder, list(getattr(decoder, "decoded", [])))
+    return Generated(torch.tensor([ids], device=input_ids.device), T, decoder,
+                     [g for g in getattr(decoder, "decoded", []) if g is not None])

@@ -70,7 +70,8 @@ class Grounding:
     box:   (x1, y1, x2, y2) floats in input-image pixels.
     mask:  H x W bool ndarray in input-image pixels, or None when the model has no mask head.
     phrase: the answer words marked for this object (``<p>...</p>``), or None.
-    score: the mask head's confidence in [0, 1] (mean probability inside the mask).
+    score: the confidence in [0, 1] that the object is there: the mask head's peak probability
+           inside the mask (0.0 in the text-box baseline, which has none); sort objects by it.
     """
 
     box: tuple

@@ -182,3 +182,47 @@ def test_sam_vit_b_state_dict_loads_strictly():
     head.load_sam_state_dict(sam.state_dict())
     for (k1, v1), (k2, v2) in zip(sorted(sam.state_dict().items()), sorted(head.sam.state_dict().items())):
         assert k1 == k2 and torch.equal(v1, v2)
+
+
+def test_a_loc_with_no_mask_grounds_nothing(tiny_model, scene, monkeypatch):
+    """A <loc> whose mask has no pixel above threshold is no object (never a 1-pixel placeholder):
+    the answer keeps its text and has ``objects == []``; the pairing of later <loc>s is kept."""
+    p = tiny_model.prompts
+    script = [p.special["<p>"], *p.text("x"), p.special["</p>"], p.loc_id, p.eos_id]
+    real = tiny_model.backbone.forward_embeds
+    calls = {"n": 0}
+
+    def scripted(*a, **k):
+        logits, hidden, past = real(*a, **k)
+        logits = torch.full_like(logits, -1e4)
+        logits[0, -1, script[min(calls["n"], len(script) - 1)]] = 0
+        calls["n"] += 1
+        return logits, hidden, past
+
+    monkeypatch.setattr(tiny_model.backbone, "forward_embeds", scripted)
+    real_decode = tiny_model.decode_states
+    monkeypatch.setattr(tiny_model, "decode_states",
+                        lambda state, states, bidx: (torch.full_like(real_decode(state, states, bidx)[0], -8.0), torch.zeros(len(states), 4)))
+    ans = Pipeline(tiny_model).chat(scene.image, "Find the purple star.")
+    assert ans.text == "x" and ans.objects == [] and ans.raw.count("<loc>") == 1
+
+
+def test_decoder_pairs_phrases_past_a_dropped_loc(tiny_model, monkeypatch):
+    from perception.decoding import ObjectDecoder
+    from perception.geometry import ImageFrame
+
+    S = tiny_model.config.backbone.image_size
+    empty = torch.full((1, S // 2, S // 2), -8.0)
+    found = empty.clone()
+    found[:, 10:20, 10:20] = 6.0
+    queue = [empty, found]
+    monkeypatch.setattr(tiny_model, "decode_states", lambda state, states, bidx: (queue.pop(0), torch.zeros(1, 4)))
+    with torch.no_grad():
+        state = tiny_model.encode_images(torch.zeros(1, 3, S, S))
+    dec = ObjectDecoder(tiny_model, state, ImageFrame(S, S, S))
+    D = tiny_model.backbone.hidden_size
+    assert dec(torch.zeros(1, D)) is None  # nothing to feed back for an object that is not there
+    assert dec(torch.zeros(1, D)) is not None
+    (obj,) = dec.objects("<p>the purple star</p><loc> and <p>the red circle</p><loc>")
+    assert obj.phrase == "the red circle" and obj.box == (20.0, 20.0, 40.0, 40.0)
+    assert 0.99 < obj.score <= 1.0  # the peak probability: sigmoid(6)

@@ -35,7 +35,7 @@ def _scene(i: int):
 def _requests() -> list:
     """(scene index, message, regions as JSON dicts, follow-up message or None) for each case."""
     from perception.data.shapesref import make_turn
-    from perception.data.jsonl import region_to_json
+    from perception.maskformat import region_to_json
 
     tasks = ["ground_A", "ground_S", "ground_R", "ground_all", "count", "region_what", "region_color",
              "region_shape", "click_seg"]
@@ -63,7 +63,7 @@ def _answer_record(ans) -> dict:
 
 
 def _run(pipe, case) -> list:
-    from perception.data.jsonl import region_from_json
+    from perception.maskformat import region_from_json
 
     image = _scene(case["scene"]).image
     regions = [region_from_json(r) for r in case["regions"]]
