@@ -13,8 +13,9 @@ generation loop and its objects decoded: ``bench.forced.time_answer``, the one h
 how an answer is produced. Image features are cached before the clock starts.
 
 Per repetition, for each object count, the two modes run back to back, alternating which goes
-first, so load from other processes on a shared machine falls on both alike. Before the timed
-repetitions one untimed pass per (mode, count) warms up and records the KV cache after the answer.
+first, so load from other processes on a shared machine falls on both alike. One untimed 1-object
+answer per mode warms up first. The KV cache after each answer is recorded by wrapping the LM's
+forward (one extra Python call per forward, in both modes).
 
 Reported per size and mode: median latency per answer at 1/3/5 objects; latency per object (the
 least-squares slope over 1/3/5); tokens per object (the claims definition: answer tokens outside
@@ -26,10 +27,11 @@ the extrapolated ratio (e.g. at 7B), and where the ratio crosses 2x and 3x when 
 does not reach it. The PNG plots text_box / perception latency against LM parameters, one line per
 object count, with the extrapolation dotted.
 
-Budget (full): 4 sizes x (1 untimed + 4 timed) passes x 2 modes x 3 counts, 1 torch thread. Probed
-on the 2-core dev machine: one decoding step costs ~5 ms (tiny), ~42 ms (100M), ~0.37 s (0.5B);
-a pass emits ~340 tokens (text_box 1/3/5 objects ~260, perception ~80) plus 6 prefills, so
-~150 s per pass at 0.5B, ~65 s at 250M, ~17 s at 100M: ~20 min, plus building the models.
+Budget (full): 3 sizes x 3 timed passes x 2 modes x 3 counts, 1 torch thread. Probed on the 2-core
+dev machine when idle: one decoding step costs ~5 ms (tiny), ~42 ms (100M), ~0.37 s (0.5B); a pass
+emits ~340 tokens (text_box 1/3/5 objects ~260, perception ~80) plus 6 prefills, so ~150 s per pass
+at 0.5B and ~17 s at 100M: ~9 min idle. With other engineers' jobs on the same 2 cores (load
+average ~10) it ran ~3.5x slower, ~30 min; a 250M size did not fit that budget.
 """
 
 from __future__ import annotations
@@ -72,14 +74,13 @@ EXTRAPOLATE_TO = 7e9  # LM parameters of the extrapolated point (a 7B LM)
 SIZES = {
     "tiny": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 768},
     "100M": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 2560},
-    "250M": {"hidden_size": 1024, "num_layers": 20, "num_heads": 16, "intermediate_size": 2816},
     "500M": {"hidden_size": 1536, "num_layers": 18, "num_heads": 12, "intermediate_size": 4096},
 }
 QUICK_SIZES = {
     "h64": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
     "tiny": SIZES["tiny"],
 }
-PROFILES = {"full": {"sizes": SIZES, "reps": 4}, "quick": {"sizes": QUICK_SIZES, "reps": 1}}
+PROFILES = {"full": {"sizes": SIZES, "reps": 3}, "quick": {"sizes": QUICK_SIZES, "reps": 1}}
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -118,23 +119,28 @@ def measure_size(text: dict, scenes: dict, reps: int, tokenizer) -> dict:
     pipes = {mode: build_pipeline(text, mode, tokenizer) for mode in MODES}
     prompts = pipes["perception"].model.prompts
     answers = {(mode, n): reference_answer(s, pipes[mode].model.config) for mode in MODES for n, s in scenes.items()}
+    prompts_len = {n: len(prompts.encode([(s.turns[0].user, None)], add_generation_prompt=True).input_ids)
+                   for n, s in scenes.items()}
     rows = {mode: {} for mode in MODES}
-    for (mode, n), answer in answers.items():  # untimed: warm-up, token counts, the cache after the answer
-        s = scenes[n]
-        with last_cache(pipes[mode].model) as box:
-            done = time_answer(pipes[mode], s.image, s.turns[0].user, answer)
-        if len(done.objects) != n:
-            raise RuntimeError(f"{mode}: the forced {n}-object answer decoded into {len(done.objects)} objects")
+    for (mode, n), answer in answers.items():
         total, phrase = location_tokens(answer_ids(prompts, answer), prompts)
-        prompt = len(prompts.encode([(s.turns[0].user, None)], add_generation_prompt=True).input_ids)
-        rows[mode][n] = {"answer": answer, "prompt_tokens": prompt, "steps": done.steps, "answer_tokens": total,
-                         "phrase_tokens": phrase,
-                         "kv_cache_bytes": cache_bytes(box["past"]), "seconds": []}
+        rows[mode][n] = {"answer": answer, "prompt_tokens": prompts_len[n], "steps": total + 1, "answer_tokens": total,
+                         "phrase_tokens": phrase, "kv_cache_bytes": None, "seconds": []}
+    first = scenes[OBJECT_COUNTS[0]]
+    for mode in MODES:  # untimed warm-up (first-call allocations)
+        time_answer(pipes[mode], first.image, first.turns[0].user, answers[(mode, OBJECT_COUNTS[0])])
     load = [os.getloadavg()[0]]
     for r in range(reps):
         for n, s in scenes.items():
             for mode in (MODES if r % 2 == 0 else MODES[::-1]):  # interleaved, alternating who goes first
-                rows[mode][n]["seconds"].append(time_answer(pipes[mode], s.image, s.turns[0].user, answers[(mode, n)]).seconds)
+                row = rows[mode][n]
+                with last_cache(pipes[mode].model) as box:  # one Python call per LM forward, both modes alike
+                    done = time_answer(pipes[mode], s.image, s.turns[0].user, answers[(mode, n)])
+                if len(done.objects) != n or done.steps != row["steps"]:
+                    raise RuntimeError(f"{mode}: the forced {n}-object answer ({row['steps']} tokens) gave "
+                                       f"{len(done.objects)} objects in {done.steps} steps")
+                row["seconds"].append(done.seconds)
+                row["kv_cache_bytes"] = cache_bytes(box["past"])
         load.append(os.getloadavg()[0])
     model = pipes["perception"].model
     out = {"text": text, "lm_parameters": lm_parameters(model),
