@@ -94,6 +94,7 @@ def answer_ids(prompts, answer: str) -> list:
 @dataclass
 class Timed:
     seconds: float  # wall time: prompt encoding, generation, decoding the objects
+    cpu_seconds: float  # CPU time of this process over the same span (time.process_time, all its threads)
     objects: list  # [Grounding] as Pipeline.chat reports them
     steps: int  # tokens emitted by the generation loop (the final </s> included)
 
@@ -115,7 +116,7 @@ def time_answer(pipe, image, question: str, answer: str) -> Timed:
     prompts = model.prompts
     forced = answer_ids(prompts, answer)
     _, (frame, state) = pipe._prepare(image)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     enc = prompts.encode([(question, None)], add_generation_prompt=True)
     ids = torch.tensor([enc.input_ids], device=pipe.device)
     gen = generate(model, state, ids, None, len(forced), pipe.limits.max_objects, forced=forced)
@@ -128,10 +129,10 @@ def time_answer(pipe, image, question: str, answer: str) -> Timed:
             break
     with torch.no_grad():
         objects = pipe._objects(result, state, frame, parse_answer(pipe._decode(new_ids)).phrases)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     if new_ids != forced:
         raise RuntimeError(f"the generation loop emitted {len(new_ids)} tokens, not the {len(forced)} forced ones")
-    return Timed(seconds, objects, len(new_ids))
+    return Timed(seconds, cpu, objects, len(new_ids))
 
 
 @contextmanager
