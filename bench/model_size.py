@@ -35,8 +35,9 @@ object count, with the extrapolation dotted.
 Budget (full): 3 sizes x 3 timed passes x 2 modes x 3 counts, 1 torch thread. Probed on the 2-core
 dev machine when idle: one decoding step costs ~5 ms (tiny), ~42 ms (100M), ~0.37 s (0.5B); a pass
 emits ~340 tokens (text_box 1/3/5 objects ~260, perception ~80) plus 6 prefills, so ~150 s per pass
-at 0.5B and ~17 s at 100M: ~9 min idle. With other engineers' jobs on the same 2 cores (load
-average ~10) it ran ~3.5x slower, ~30 min; a 250M size did not fit that budget.
+at 0.5B and ~17 s at 100M: ~9 min idle. The committed run took 473 s of wall time with other
+engineers' jobs on the same 2 cores (1-minute load average 4.6-5.9, recorded per size in the JSON);
+an earlier attempt under load ~10 ran ~3.5x slower than the probe, so a fourth (250M) size was dropped.
 """
 
 from __future__ import annotations
