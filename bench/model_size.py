@@ -169,10 +169,9 @@ def measure_size(text: dict, scenes: dict, reps: int, tokenizer) -> dict:
             "location_tokens_per_object": loc / float(ns.sum()),
             "answer_tokens_per_object": float(np.polyfit(ns, steps, 1)[0]),
         }
-    out["ratio"] = {str(n): out["modes"]["text_box"]["by_objects"][str(n)]["median_ms"]
-                    / out["modes"]["perception"]["by_objects"][str(n)]["median_ms"] for n in OBJECT_COUNTS}
-    out["wall_ratio"] = {str(n): out["modes"]["text_box"]["by_objects"][str(n)]["wall_median_ms"]
-                         / out["modes"]["perception"]["by_objects"][str(n)]["wall_median_ms"] for n in OBJECT_COUNTS}
+    t, p = out["modes"]["text_box"]["by_objects"], out["modes"]["perception"]["by_objects"]
+    for name, key in (("ratio", "median_ms"), ("wall_ratio", "wall_median_ms")):  # text_box / perception
+        out[name] = {str(n): t[str(n)][key] / p[str(n)][key] for n in OBJECT_COUNTS}
     out["fit"] = fit_size(out)
     return out
 
