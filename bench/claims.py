@@ -46,7 +46,6 @@ run never replaces the committed results. The claims and their targets are in do
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -64,7 +63,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.forced import COUNT_SEED, count_scenes, location_tokens, reference_answer, time_answer  # noqa: E402
+from bench.forced import COUNT_SEED, count_scenes, location_tokens, profile_arguments, reference_answer, time_answer, \
+    write_report  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"  # the committed full-run results
 QUICK_OUT = Path(tempfile.gettempdir()) / "perception-bench" / "claims-quick"  # --quick without --out
@@ -77,21 +77,22 @@ OBJECT_COUNTS = (1, 3, 5)
 EVAL_MAX_NEW = 64  # generation cap for one-object answers (a text box answer is ~27 tokens)
 LATENCY_MAX_NEW = 192  # generation cap for "all the ..." answers (5 text boxes are ~145 tokens)
 
-# The benchmark compares output representations on the base recipe (as first run at commit 16e2b76):
-# no dense token auxiliary, whole-frame region encoder, no <loc> feedback; identical in both modes.
-BASE_RECIPE = {"token_aux": {"attributes": []}, "loss": {"token_aux": 0.0}, "region": {"mode": "frame"},
-               "loc_feedback": False}
+# The benchmark compares output representations on the paper's path, identical in both modes: no
+# attribute auxiliaries and no <loc> feedback (the tiny recipe's additions, which only perception
+# mode could use). The committed full run (bench/results/claims.json) ran at commit 16e2b76, whose
+# region encoder read the whole frame; today's reads an ROI crop.
+PAPER_PATH = {"token_aux": {"attributes": []}, "loc_feedback": False}
 QUICK_OVERRIDES = {
     "backbone": {"text": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
                  "stem": {"channels": [8, 16, 32, 48], "token_grid": 10}},
     "mask_head": {"dim": 32},
-    **BASE_RECIPE,
+    **PAPER_PATH,
 }
 FULL_OVERRIDES = {
     "backbone": {"text": {"hidden_size": 128, "num_layers": 3, "num_heads": 4, "intermediate_size": 384},
                  "stem": {"channels": [16, 32, 64, 96], "token_grid": 10}},
     "mask_head": {"dim": 32},
-    **BASE_RECIPE,
+    **PAPER_PATH,
 }
 PROFILES = {
     "quick": dict(seeds=2, steps=6, eval_every=3, eval_scenes=8, batch_size=4, lr=2e-3, warmup=2,
@@ -479,10 +480,8 @@ def format_table(rep: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke profile (minutes): 2 seeds x 6 steps, tiny model")
-    ap.add_argument("--out", default=None, help=f"folder for claims.json and claims_acc.png (default: {RESULTS} for the "
-                                                f"full profile, {QUICK_OUT} for --quick)")
+    ap, out_of = profile_arguments(__doc__, "smoke profile (minutes): 2 seeds x 6 steps, tiny model",
+                                   "claims.json and claims_acc.png", RESULTS, QUICK_OUT)
     ap.add_argument("--seeds", type=int, default=None, help="override the profile's number of seeds")
     ap.add_argument("--steps", type=int, default=None, help="override the profile's training steps")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per process (profile default)")
@@ -496,8 +495,7 @@ def main(argv=None) -> int:
             profile[k] = getattr(a, k)
     if name == "full" and profile["seeds"] < 3:
         raise SystemExit("the full benchmark needs at least 3 seeds")
-    out = Path(a.out) if a.out else (QUICK_OUT if a.quick else RESULTS)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_of(a)
     t_start = time.perf_counter()
     tmp = None
     if a.keep_runs:
@@ -533,10 +531,7 @@ def main(argv=None) -> int:
         if tmp is not None:
             tmp.cleanup()
     rep = build_report(name, profile, train_runs, infer, time.perf_counter() - t_start)
-    (out / "claims.json").write_text(json.dumps(rep, indent=1, allow_nan=True))
-    plot(rep, out / "claims_acc.png")
-    print(format_table(rep))
-    print(f"\nwrote {out / 'claims.json'} and {out / 'claims_acc.png'} ({rep['wall_seconds']:.0f} s)")
+    write_report(rep, out / "claims.json", out / "claims_acc.png", plot, format_table(rep))
     return 0
 
 

@@ -14,10 +14,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -96,6 +98,7 @@ class Timed:
     seconds: float  # wall time: prompt encoding, generation, decoding the objects
     cpu_seconds: float  # CPU time of this process over the same span (time.process_time, all its threads)
     objects: list  # [Grounding] as Pipeline.chat reports them
+    decoded: int  # objects decoded: every <loc> (also one that grounded nothing, e.g. with random weights), or text box
     steps: int  # tokens emitted by the generation loop (the final </s> included)
 
 
@@ -105,12 +108,13 @@ def time_answer(pipe, image, question: str, answer: str) -> Timed:
     The image features are computed (or found in the pipeline's cache) before the clock starts, as
     in a chat about an uploaded image. Timed: encoding the prompt, ``generate(..., forced=ids)``
     (the real loop: prefill, one KV-cache step per token, greedy scoring, ``<loc>`` feedback), and
-    decoding the answer's objects (``Pipeline._objects``: masks and boxes, or boxes parsed from text).
+    decoding the answer's objects (each ``<loc>`` once, as generation writes it, or boxes parsed
+    from the text: ``perception.decoding.answer_decoder``).
     """
     import torch
 
+    from perception.decoding import answer_decoder
     from perception.generation import generate
-    from perception.tokens import parse_answer
 
     model = pipe.model
     prompts = model.prompts
@@ -119,20 +123,13 @@ def time_answer(pipe, image, question: str, answer: str) -> Timed:
     t0, c0 = time.perf_counter(), time.process_time()
     enc = prompts.encode([(question, None)], add_generation_prompt=True)
     ids = torch.tensor([enc.input_ids], device=pipe.device)
-    gen = generate(model, state, ids, None, len(forced), pipe.limits.max_objects, forced=forced)
-    new_ids = []
-    while True:
-        try:
-            new_ids.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
-    with torch.no_grad():
-        objects = pipe._objects(result, state, frame, parse_answer(pipe._decode(new_ids)).phrases)
+    decoder = answer_decoder(model, state, frame, max_objects=pipe.limits.max_objects)
+    new_ids = list(generate(model, state, ids, None, len(forced), pipe.limits.max_objects, forced=forced, decoder=decoder))
+    objects = decoder.objects(pipe._decode(new_ids))
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     if new_ids != forced:
         raise RuntimeError(f"the generation loop emitted {len(new_ids)} tokens, not the {len(forced)} forced ones")
-    return Timed(seconds, cpu, objects, len(new_ids))
+    return Timed(seconds, cpu, objects, len(getattr(decoder, "decoded", objects)), len(new_ids))
 
 
 @contextmanager
@@ -170,3 +167,31 @@ def cache_bytes(past) -> int:
     if hasattr(past, "key_cache"):
         return cache_bytes(past.key_cache) + cache_bytes(past.value_cache)
     raise TypeError(f"cannot size a KV cache of type {type(past).__name__}")
+
+
+def profile_arguments(doc: str, quick_help: str, files: str, results: Path, quick_out: Path):
+    """The command line every benchmark here shares: ``--quick`` (a smoke profile) and ``--out``
+    (default: ``results``, the committed full-run folder; ``quick_out``, a temporary folder, with
+    ``--quick``, so a smoke run never replaces measured results). Returns (parser, out_of) where
+    ``out_of(args)`` creates and returns the output folder."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out", default=None, help=f"folder for {files} (default: {results} for the full profile, "
+                                                f"{quick_out} with --quick)")
+
+    def out_of(a) -> Path:
+        out = Path(a.out) if a.out else (quick_out if a.quick else results)
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    return ap, out_of
+
+
+def write_report(report: dict, json_path: Path, png_path: Path, plot, table: str) -> None:
+    """The report as JSON, its plot (``plot(report, png_path)``) as PNG, then the table and where they went."""
+    json_path.write_text(json.dumps(report, indent=1, allow_nan=True))
+    plot(report, png_path)
+    print(table)
+    print(f"\nwrote {json_path} and {png_path} ({report['wall_seconds']:.0f} s)")

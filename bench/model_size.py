@@ -42,8 +42,6 @@ an earlier attempt under load ~10 ran ~3.5x slower than the probe, so a fourth (
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import platform
@@ -64,9 +62,11 @@ from bench.forced import (  # noqa: E402
     cache_bytes,
     count_scenes,
     last_cache,
+    profile_arguments,
     location_tokens,
     reference_answer,
     time_answer,
+    write_report,
 )
 
 RESULTS = ROOT / "bench" / "results"
@@ -142,9 +142,9 @@ def measure_size(text: dict, scenes: dict, reps: int, tokenizer) -> dict:
                 row = rows[mode][n]
                 with last_cache(pipes[mode].model) as box:  # one Python call per LM forward, both modes alike
                     done = time_answer(pipes[mode], s.image, s.turns[0].user, answers[(mode, n)])
-                if len(done.objects) != n or done.steps != row["steps"]:
-                    raise RuntimeError(f"{mode}: the forced {n}-object answer ({row['steps']} tokens) gave "
-                                       f"{len(done.objects)} objects in {done.steps} steps")
+                if done.decoded != n or done.steps != row["steps"]:
+                    raise RuntimeError(f"{mode}: the forced {n}-object answer ({row['steps']} tokens) decoded "
+                                       f"{done.decoded} objects in {done.steps} steps")
                 row["seconds"].append(done.seconds)
                 row["cpu_seconds"].append(done.cpu_seconds)
                 row["kv_cache_bytes"] = cache_bytes(box["past"])
@@ -316,10 +316,8 @@ def format_table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke profile (seconds): two small LMs, one repetition")
-    ap.add_argument("--out", default=None, help=f"folder for model_size.json and model_size.png (default: {RESULTS}; "
-                                                f"{QUICK_OUT} with --quick)")
+    ap, out_of = profile_arguments(__doc__, "smoke profile (seconds): two small LMs, one repetition",
+                                   "model_size.json and model_size.png", RESULTS, QUICK_OUT)
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per size (profile default)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     a = ap.parse_args(argv)
@@ -335,8 +333,7 @@ def main(argv=None) -> int:
         if a.reps < 1:
             raise SystemExit(f"--reps must be at least 1; got {a.reps}")
         profile["reps"] = a.reps
-    out = Path(a.out) if a.out else (QUICK_OUT if a.quick else RESULTS)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_of(a)
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     tokenizer = backbone_tokenizer(get_preset("tiny"))
@@ -366,10 +363,7 @@ def main(argv=None) -> int:
         "summary": summarise(sizes),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
-    (out / "model_size.json").write_text(json.dumps(report, indent=1))
-    plot(report, out / "model_size.png")
-    print(format_table(report))
-    print(f"\nwrote {out / 'model_size.json'} and {out / 'model_size.png'} ({report['wall_seconds']:.0f} s)")
+    write_report(report, out / "model_size.json", out / "model_size.png", plot, format_table(report))
     return 0
 
 
