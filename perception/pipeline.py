@@ -183,7 +183,7 @@ class Pipeline:
         """Answer several requests together: ``[chat(images[i], messages[i], histories[i], regions[i])]``.
 
         Each request has its own image, history and regions (None: none), validated as ``chat``
-        validates them; prompts of different lengths are padded and masked
+        validates them (ValueError naming the request); prompts of different lengths are padded and masked
         (perception.generation.generate_batch). Image features come from the same cache as ``chat``'s.
         The answers are those ``chat`` gives one at a time.
         """
@@ -196,7 +196,12 @@ class Pipeline:
         if not (len(images) == len(histories) == len(regions) == n):
             raise ValueError(f"chat_batch: {len(images)} images, {n} messages, {len(histories)} histories and "
                              f"{len(regions)} region lists; give one of each per request")
-        turns = [self._prepare_turn(images[i], messages[i], histories[i], regions[i], max_new_tokens) for i in range(n)]
+        turns = []
+        for i in range(n):
+            try:
+                turns.append(self._prepare_turn(images[i], messages[i], histories[i], regions[i], max_new_tokens))
+            except ValueError as e:
+                raise ValueError(f"request {i}: {e}") from e
         max_new = max((t.max_new for t in turns), default=0)
         gen = generate_batch(self.model, [t.state for t in turns], [t.input_ids for t in turns],
                              [t.region_embeds for t in turns], [t.decoder for t in turns], max_new, self.limits.max_objects)
