@@ -79,10 +79,19 @@ def test_chat_batch_validates_each_request_as_chat(pipe, images):
     assert pipe.chat_batch([], []) == []
 
 
-def test_evaluate_batch_size_gives_the_same_numbers(pipe):
+def test_evaluate_batch_size_gives_the_same_numbers(pipe, monkeypatch):
     from perception.evaluate import evaluate, shapesref_items
 
-    reps = [evaluate(pipe, shapesref_items(10_000_000, 3, 2), progress=False, batch_size=b) for b in (1, 4)]
+    sizes, real = [], pipe.chat_batch
+
+    def recording(images, *a, **k):
+        sizes.append(len(images))
+        return real(images, *a, **k)
+
+    monkeypatch.setattr(pipe, "chat_batch", recording)
+    items = list(shapesref_items(10_000_000, 2, 1))  # one-turn requests between clicks and a conversation
+    reps = [evaluate(pipe, items, progress=False, batch_size=b) for b in (1, 4)]
+    assert sizes and max(sizes) == 4, f"batch sizes used: {sizes}"
     for r in reps:
         r.pop("latency_ms_median")  # wall time, the one number batching is meant to change
     assert reps[0] == reps[1]
