@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -39,6 +40,7 @@ class Batcher:
         self._waiting: list[tuple[Any, Future]] = []
         self._working = False
         self.sizes: list[int] = []  # the size of every batch answered so far (tests, logs)
+        self.seconds: list[float] = []  # and how long each took
 
     def submit(self, item):
         """Answer ``item`` in the next batch; returns its result or raises its exception."""
@@ -59,7 +61,11 @@ class Batcher:
                     return
                 batch, self._waiting = self._waiting[: self.max_size], self._waiting[self.max_size :]
             self.sizes.append(len(batch))
-            for (_, fut), outcome in zip(batch, self._answer([item for item, _ in batch])):
+            t0 = time.perf_counter()
+            outcomes = self._answer([item for item, _ in batch])
+            self.seconds.append(time.perf_counter() - t0)
+            log.info("answered a batch of %d in %.3f s", len(batch), self.seconds[-1])
+            for (_, fut), outcome in zip(batch, outcomes):
                 if isinstance(outcome, BaseException):
                     fut.set_exception(outcome)
                 else:

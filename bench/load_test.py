@@ -185,13 +185,14 @@ def ask(client, user: User, others: np.ndarray, phase: str, keep: bool = False) 
 
 
 def user_loop(url: str, user: User, others: np.ndarray, clock: dict, max_requests: int, keep: int,
-              barrier: threading.Barrier):
-    """Warm-up request, wait for everyone, then ask until clock["deadline"] or max_requests."""
+              barrier: threading.Barrier, overlays: bool = True):
+    """Warm-up request, wait for everyone, then ask until clock["deadline"] or max_requests.
+    overlays: download each answer's overlay PNG (gradio_client's default), or not."""
     from gradio_client import Client
 
     client = None
     try:
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, download_files=overlays)
         user.records.append(ask(client, user, others, "warmup"))
     except Exception as e:  # noqa: BLE001 - the client could not connect: an error, and no loop
         user.records.append({"user": user.id, "phase": "warmup", "kind": "ground", "history_len": 0, "seconds": 0.0,
@@ -207,7 +208,7 @@ def replay(url: str, users: list[User]) -> list[dict]:
     """Send each kept request again, one at a time, and compare the answers with those under load."""
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=False)  # the overlay is not compared
     out = []
     for u in users:
         for r in u.records:
@@ -330,18 +331,22 @@ def _ms(xs, q):
 
 def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model: str = "tiny",
              device: str = "cpu", max_requests: int = 1000, replay_per_user: int = 1, seed: int = 40_000_000,
-             in_process: bool = False, max_batch: int | None = None) -> dict:
+             in_process: bool = False, max_batch: int | None = None, overlays: bool = True) -> dict:
     """Run the load test and return its report (see the module docstring). max_batch: the served
-    app's --max-batch-size (ignored with url: that server has its own)."""
+    app's --max-batch-size (ignored with url: that server has its own). overlays: the clients
+    download each answer's overlay PNG (False: they skip it, as --skip-overlays)."""
+    import psutil
+
     seconds = min(float(seconds), MAX_SECONDS)
     if url is not None and urlparse(url).hostname not in ("127.0.0.1", "localhost"):
         raise ValueError(f"--url must be a local server (127.0.0.1 or localhost); got {url}")
-    close, where = None, url
+    close, where, log_dir = None, url, None
     if url is None and in_process:
         url, close = start_app(model, device, max_batch)
         server, where = _server_process(None), "in-process"
     elif url is None:
-        url, server, close = start_server_process(model, device, max_batch=max_batch)
+        log_dir = Path(tempfile.mkdtemp(prefix="load-test-server-"))
+        url, server, close = start_server_process(model, device, log_dir=log_dir, max_batch=max_batch)
         where = "own process (python app.py)"
     else:
         server = _server_process(url)
@@ -354,12 +359,15 @@ def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model
             for u in people:
                 others = np.concatenate([v.boxes for v in people if v is not u] or [np.zeros((0, 4))])
                 threads.append(threading.Thread(target=user_loop, daemon=True,
-                                                args=(url, u, others, clock, max_requests, replay_per_user, barrier)))
+                                                args=(url, u, others, clock, max_requests, replay_per_user, barrier,
+                                                      overlays)))
             for t in threads:
                 t.start()
             barrier.wait()  # every user has had its warm-up answer
             watch = MemoryWatch(server)
             rss_warm = watch.rss()
+            cpu_warm = _cpu_seconds(server), _cpu_seconds(psutil.Process())
+            batches_warm = _logged_batches(log_dir)
             watch.peak = rss_warm or 0
             watch.start()
             clock["deadline"] = time.monotonic() + seconds
@@ -369,6 +377,9 @@ def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model
                 t.join(timeout=seconds + 300)
             load_s = time.monotonic() - t_load
             rss_end = watch.rss()
+            cpu_end = _cpu_seconds(server), _cpu_seconds(psutil.Process())
+            batches = _logged_batches(log_dir)
+            batches = batches[len(batches_warm):] if batches is not None else None
             watch.stop.set()
             replays = replay(url, people) if replay_per_user else []
     finally:
@@ -386,7 +397,8 @@ def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model
         "users": users, "seconds": seconds, "model": model if close else "as served",
         "max_batch_size": (max_batch or "app default") if close else "as served",
         "url": where,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+                   f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "requests": len(recs), "requests_under_load": len(load),
         "requests_per_s": round(len(ok) / load_s, 2) if load_s else None,
         "per_user_requests": [len(u.records) for u in people],
@@ -403,13 +415,54 @@ def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model
             "mean": round(1000 * statistics.mean(r["seconds"] for r in ok), 1) if ok else None,
         },
         "max_history_messages": max((r["history_len"] for r in recs), default=0),
+        "overlays_downloaded": overlays,
+        "server_batches": _batch_summary(batches),
         "rss_mb": {"after_warmup": _mb(rss_warm), "end": _mb(rss_end), "peak": _mb(watch.peak or None)},
         "rss_growth": round(growth, 4) if growth is not None else None,
+        # CPU seconds per answer under load: the server's (model + Gradio), and the load-test clients'
+        # (this process; with --in-process it holds the server too). Less sensitive than wall time
+        # to what else runs on the machine.
+        "cpu_s_per_answer": {"server": _per(cpu_end[0], cpu_warm[0], len(ok)),
+                             "clients": _per(cpu_end[1], cpu_warm[1], len(ok))},
         "targets": {"errors": 0, "leaks": 0, "replay_mismatches": 0, "rss_growth_below": 0.25},
     }
     report["pass"] = (report["errors"] == 0 and report["leaks"] == 0 and report["replay_mismatches"] == 0
                       and (growth is None or growth < 0.25))
     return report
+
+
+def _logged_batches(log_dir: Path | None) -> list[int] | None:
+    """The sizes of the /chat batches the server process has logged so far ("answered a batch of
+    N", app/batching.py); None when the server was not started here."""
+    import re
+
+    if log_dir is None:
+        return None
+    return [int(n) for f in sorted(log_dir.glob("*.log"))
+            for n in re.findall(r"answered a batch of (\d+)", f.read_text())]
+
+
+def _batch_summary(sizes: list[int] | None) -> dict | None:
+    """The batches answered under load: {"count", "mean_size", "sizes": {N: how many}}."""
+    from collections import Counter
+
+    if sizes is None:
+        return None
+    return {"count": len(sizes), "mean_size": round(statistics.mean(sizes), 2) if sizes else None,
+            "sizes": dict(sorted(Counter(sizes).items()))}
+
+
+def _cpu_seconds(proc) -> float | None:
+    """User + system CPU seconds of a psutil.Process and its threads (None: unknown)."""
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system
+    except Exception:  # noqa: BLE001 - no process, or not ours to read
+        return None
+
+
+def _per(end, start, n):
+    return round((end - start) / n, 4) if end is not None and start is not None and n else None
 
 
 def _mb(b):
@@ -435,13 +488,15 @@ def compare_batching(batch_size: int = BATCHED, **kw) -> dict:
 
 def comparison_table(cmp: dict) -> str:
     """The markdown table of docs/BENCHMARKS.md: one row per server."""
-    rows = ["| serving | max batch | answers/s | p50 ms | p95 ms | errors | leaks | replay mismatches |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| serving | max batch | mean batch | answers/s | p50 ms | p95 ms | CPU s/answer: server, clients "
+            "| errors | leaks | replay mismatches |",
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for name in ("unbatched", "batched"):
         r = cmp[name]
-        rows.append(f"| {name} | {r['max_batch_size']} | {r['requests_per_s']} | {r['latency_ms']['p50']} | "
-                    f"{r['latency_ms']['p95']} | {r['errors']} | {r['leaks']} | "
-                    f"{r['replay_mismatches']} of {r['replayed']} |")
+        batches, cpu = r["server_batches"] or {}, r["cpu_s_per_answer"]
+        rows.append(f"| {name} | {r['max_batch_size']} | {batches.get('mean_size')} | {r['requests_per_s']} | "
+                    f"{r['latency_ms']['p50']} | {r['latency_ms']['p95']} | {cpu['server']}, {cpu['clients']} | "
+                    f"{r['errors']} | {r['leaks']} | {r['replay_mismatches']} of {r['replayed']} |")
     rows.append(f"\nbatched / unbatched: p50 x{cmp['p50_ratio']}, p95 x{cmp['p95_ratio']} (target <= "
                 f"{P95_RATIO_TARGET}: {'met' if cmp['target_met'] else 'NOT met'}), answers/s x{cmp['requests_per_s_ratio']}")
     return "\n".join(rows)
@@ -482,6 +537,8 @@ def main(argv=None):
     ap.add_argument("--compare-batching", action="store_true",
                     help="run unbatched (max batch 1), then batched (--batch-size) in one invocation")
     ap.add_argument("--batch-size", type=int, default=BATCHED, help="the batched server's max batch (--compare-batching)")
+    ap.add_argument("--skip-overlays", action="store_true",
+                    help="clients do not download the overlay PNG of each answer (less client CPU on a shared machine)")
     ap.add_argument("--out", default=None, help="default bench/results/load_test.json, or "
                                                 "bench/results/load_test_batched.json with --compare-batching")
     a = ap.parse_args(argv)
@@ -495,7 +552,7 @@ def main(argv=None):
     if a.compare_batching and (a.url is not None or a.max_batch_size is not None):
         ap.error("--compare-batching starts its own two servers: no --url, no --max-batch-size (use --batch-size)")
     kw = dict(users=a.users, seconds=a.seconds, model=a.model, device=a.device, max_requests=a.max_requests,
-              replay_per_user=a.replay, in_process=a.in_process)
+              replay_per_user=a.replay, in_process=a.in_process, overlays=not a.skip_overlays)
     if a.compare_batching:
         rep = compare_batching(a.batch_size, **kw)
         rep["command"] = "python bench/load_test.py " + " ".join(sys.argv[1:] if argv is None else argv)
