@@ -271,3 +271,31 @@ def test_a_bad_request_in_a_batch_gets_its_own_error(served, monkeypatch):
         img, message, _ = reqs[i]
         assert not isinstance(out[i], Exception), out[i]
         assert _same(out[i], real_chat(load_image(img), message)), message
+
+
+def test_the_load_test_reads_the_batch_sizes_the_batcher_logs(tmp_path, caplog):
+    """bench/load_test.py reports the server's batch sizes from its log: the line format is a contract."""
+    import importlib.util
+    import logging
+    import sys
+
+    spec = importlib.util.spec_from_file_location("load_test", Path(__file__).resolve().parent.parent / "bench" / "load_test.py")
+    load_test = importlib.util.module_from_spec(spec)
+    sys.modules["load_test"] = load_test
+    spec.loader.exec_module(load_test)
+    gate = Gate(lambda xs: xs)
+    b = Batcher(gate, max_size=4)
+    with caplog.at_level(logging.INFO, logger="app.batching"):
+        out = {}
+        threads = _submit_all(b, ["a"], out)
+        _until(gate.held.is_set, "the first batch")
+        for k, x in enumerate("bcd", 1):
+            threads += _submit_all(b, [x], out)
+            _until(lambda: len(b._waiting) == k, f"{k} waiting items")
+        gate.opened.set()
+        for t in threads:
+            t.join(30)
+    (tmp_path / "server.log").write_text("\n".join(r.getMessage() for r in caplog.records) + "\n")
+    assert load_test._logged_batches(tmp_path) == b.sizes == [1, 3]
+    assert load_test._batch_summary([1, 3]) == {"count": 2, "mean_size": 2, "sizes": {1: 1, 3: 1}}
+    assert load_test._logged_batches(None) is None
