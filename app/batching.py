@@ -18,10 +18,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+
+HISTORY = 1000  # batches remembered in Batcher.sizes / .seconds (a server runs for days)
 
 
 class Batcher:
@@ -39,8 +42,8 @@ class Batcher:
         self._lock = threading.Lock()
         self._waiting: list[tuple[Any, Future]] = []
         self._working = False
-        self.sizes: list[int] = []  # the size of every batch answered so far (tests, logs)
-        self.seconds: list[float] = []  # and how long each took
+        self.sizes: deque[int] = deque(maxlen=HISTORY)  # the sizes of the last batches answered (tests)
+        self.seconds: deque[float] = deque(maxlen=HISTORY)  # and how long each took
 
     def submit(self, item):
         """Answer ``item`` in the next batch; returns its result or raises its exception."""

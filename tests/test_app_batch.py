@@ -81,7 +81,7 @@ def test_items_that_arrive_together_form_one_batch_in_order():
     for t in first + rest:
         t.join(30)
     assert out == {1: 10, 2: 20, 3: 30, 4: 40, 5: 50}
-    assert b.sizes == [1, 3, 1]  # at most max_size per call, in arrival order, the rest in the next one
+    assert list(b.sizes) == [1, 3, 1]  # at most max_size per call, in arrival order, the rest in the next one
     assert gate.calls == [[1], [2, 3, 4], [5]]
     _until(lambda: not b._working, "the worker to stop")  # no idle thread left behind
 
@@ -104,7 +104,7 @@ def test_a_failing_item_fails_alone():
         t.join(30)
     assert out["a"] == "A" and out["b"] == "B" and out["c"] == "C"
     assert isinstance(out["bad"], ValueError) and "bad is not a number" in str(out["bad"])
-    assert b.sizes == [1, 3]
+    assert list(b.sizes) == [1, 3]
     assert sorted(map(tuple, gate.calls[2:])) == [("b",), ("bad",), ("c",)]  # the batch of 3 failed: each alone
 
 
@@ -146,6 +146,7 @@ def served():
     """The app on 127.0.0.1 (tiny, CPU, batches of up to 8) with a Gate around the batched answers."""
     from app import build_app, launch
 
+    before = model.settings()["max_batch"]
     model.configure("tiny", "cpu", max_batch=8)
     real = model._answer_batch
     gate = Gate(lambda reqs: real(reqs))
@@ -162,8 +163,7 @@ def served():
     finally:
         demo.close()
         mp.undo()
-        model.configure(max_batch=16)
-        model.configure()
+        model.configure(max_batch=before)
 
 
 def _recording(fn, calls):
@@ -296,6 +296,6 @@ def test_the_load_test_reads_the_batch_sizes_the_batcher_logs(tmp_path, caplog):
         for t in threads:
             t.join(30)
     (tmp_path / "server.log").write_text("\n".join(r.getMessage() for r in caplog.records) + "\n")
-    assert load_test._logged_batches(tmp_path) == b.sizes == [1, 3]
+    assert load_test._logged_batches(tmp_path) == list(b.sizes) == [1, 3]
     assert load_test._batch_summary([1, 3]) == {"count": 2, "mean_size": 2, "sizes": {1: 1, 3: 1}}
     assert load_test._logged_batches(None) is None
