@@ -1,6 +1,7 @@
 """The Gradio demo of PerceptionGPT: ``build_app()`` -> gr.Blocks, ``launch(demo)``, ``main()`` (app.py).
 
-Only the public ``perception`` API is used: names exported by ``perception/__init__.py``, never\n``perception.<module>`` (tests/test_app.py checks; the dev script app/make_examples.py is the exception).
+Only the public ``perception`` API is used: names exported by ``perception/__init__.py``, never
+``perception.<module>`` (tests/test_app.py checks). The example scenes are drawn by docs/make_examples.py.
 The model is loaded lazily by app.model.get_pipeline() on the first request, never at import.
 """
 

@@ -27,8 +27,8 @@ CLICK_EXAMPLE, CLICK_QUESTION = 4, "What shape is <region1>?"
 
 
 def example_scene(index: int):
-    """The ShapesRef scene behind app/examples/ number ``index`` (same seed as app/make_examples.py)."""
-    from app.make_examples import SEEDS
+    """The ShapesRef scene behind app/examples/ number ``index`` (same seed as docs/make_examples.py)."""
+    from make_examples import SEEDS
     from perception.data.shapesref import draw_scene
 
     return draw_scene(np.random.default_rng(SEEDS[index]))

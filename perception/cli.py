@@ -14,7 +14,7 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", help="train a model from a YAML config (single process or under torchrun)")
     t.add_argument("--config", required=True, help="configs/NAME.yaml")
     t.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override config fields, e.g. steps=100 data.num_workers=0")
-    t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config (GPU; optional dependency)")
+    t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config (ZeRO 0-2; GPU or CPU; pip install deepspeed, docs/TRAINING.md)")
     t.add_argument("--no-progress", action="store_true", help="hide the tqdm bar")
 
     e = sub.add_parser("evaluate", help="evaluate a model on ShapesRef scenes, a JSONL dataset or RefCOCO/+/g")

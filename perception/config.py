@@ -237,8 +237,7 @@ class TrainConfig:
     init_from: Optional[str] = None  # warm start: copy every same-named, same-shaped tensor from this checkpoint folder
     output_dir: str = "runs/tiny"
     seed: int = 0
-    steps: int = 10000  # the learning-rate schedule's length
-    stop_at: Optional[int] = None  # end the run after this step (a short ablation on the full run's schedule); None: at ``steps``
+    steps: int = 10000  # optimizer steps (the learning-rate schedule's length)
     batch_size: int = 16  # per process
     lr: float = 5e-4
     lr_scale: dict = field(default_factory=dict)  # module-name prefix -> lr multiplier, e.g. {"backbone.stem": 0.6}
@@ -246,15 +245,15 @@ class TrainConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.98])
     warmup: int = 300
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max global gradient norm (0: no clipping); a DeepSpeed JSON's gradient_clipping must equal it
     save_every: int = 250
     keep_checkpoints: int = 2
     eval_every: int = 1000
     eval_scenes: int = 150  # held-out ShapesRef scenes per periodic evaluation
     eval_seed: int = 10_000_000  # held-out seeds start here (training seeds start at 0)
     threads: int = 0  # torch threads (0: leave default)
-    deepspeed: Optional[str] = None  # path to a DeepSpeed JSON config (GPU runs; DeepSpeed optional)
-    bf16: bool = False
+    deepspeed: Optional[str] = None  # path to a DeepSpeed JSON config (ZeRO stage; GPU or CPU); None: plain torch / DDP
+    bf16: bool = False  # bf16 autocast in every engine (DeepSpeed also keeps bf16 weights when its JSON enables bf16)
     model_overrides: dict = field(default_factory=dict)  # nested PerceptionConfig fields to override
     data: DataConfig = field(default_factory=DataConfig)
 

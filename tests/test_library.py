@@ -92,19 +92,7 @@ def test_chat_end_to_end(model, scene):
 
 def test_objects_are_decoded_from_generated_loc_tokens(tiny_model, scene, monkeypatch):
     """Force the LM to write '<p>x</p><loc>' and check one Grounding comes back in pixels."""
-    p = tiny_model.prompts
-    script = [p.special["<p>"], *p.text("x"), p.special["</p>"], p.loc_id, p.eos_id]
-    real = tiny_model.backbone.forward_embeds
-    calls = {"n": 0}
-
-    def scripted(*a, **k):
-        logits, hidden, past = real(*a, **k)
-        logits = torch.full_like(logits, -1e4)
-        logits[0, -1, script[min(calls["n"], len(script) - 1)]] = 0
-        calls["n"] += 1
-        return logits, hidden, past
-
-    monkeypatch.setattr(tiny_model.backbone, "forward_embeds", scripted)
+    _script_answer(tiny_model, monkeypatch)
     ans = Pipeline(tiny_model).chat(scene.image, "Find the red circle.")
     assert ans.text == "x" and len(ans.objects) == 1 and ans.objects[0].phrase == "x"
     W, H = scene.image.size
@@ -187,19 +175,7 @@ def test_sam_vit_b_state_dict_loads_strictly():
 def test_a_loc_with_no_mask_grounds_nothing(tiny_model, scene, monkeypatch):
     """A <loc> whose mask has no pixel above threshold is no object (never a 1-pixel placeholder):
     the answer keeps its text and has ``objects == []``; the pairing of later <loc>s is kept."""
-    p = tiny_model.prompts
-    script = [p.special["<p>"], *p.text("x"), p.special["</p>"], p.loc_id, p.eos_id]
-    real = tiny_model.backbone.forward_embeds
-    calls = {"n": 0}
-
-    def scripted(*a, **k):
-        logits, hidden, past = real(*a, **k)
-        logits = torch.full_like(logits, -1e4)
-        logits[0, -1, script[min(calls["n"], len(script) - 1)]] = 0
-        calls["n"] += 1
-        return logits, hidden, past
-
-    monkeypatch.setattr(tiny_model.backbone, "forward_embeds", scripted)
+    _script_answer(tiny_model, monkeypatch)
     real_decode = tiny_model.decode_states
     monkeypatch.setattr(tiny_model, "decode_states",
                         lambda state, states, bidx: (torch.full_like(real_decode(state, states, bidx)[0], -8.0), torch.zeros(len(states), 4)))
@@ -226,3 +202,20 @@ def test_decoder_pairs_phrases_past_a_dropped_loc(tiny_model, monkeypatch):
     (obj,) = dec.objects("<p>the purple star</p><loc> and <p>the red circle</p><loc>")
     assert obj.phrase == "the red circle" and obj.box == (20.0, 20.0, 40.0, 40.0)
     assert 0.99 < obj.score <= 1.0  # the peak probability: sigmoid(6)
+
+
+def _script_answer(model, monkeypatch):
+    """Force the LM to write '<p>x</p><loc>' then stop, whatever it reads."""
+    p = model.prompts
+    script = [p.special["<p>"], *p.text("x"), p.special["</p>"], p.loc_id, p.eos_id]
+    real = model.backbone.forward_embeds
+    calls = {"n": 0}
+
+    def scripted(*a, **k):
+        logits, hidden, past = real(*a, **k)
+        logits = torch.full_like(logits, -1e4)
+        logits[0, -1, script[min(calls["n"], len(script) - 1)]] = 0
+        calls["n"] += 1
+        return logits, hidden, past
+
+    monkeypatch.setattr(model.backbone, "forward_embeds", scripted)

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -133,125 +132,6 @@ def test_checkpoints_readme_covers_every_download():
         assert cfg.mask_head.sam_checkpoint in text
     for original in ("sam_vit_h_4b8939.pth", "sam_vit_l_0b3195.pth", "sam_vit_b_01ec64.pth", "checkpoints/tiny/"):
         assert original in text
-
-
-# --- DeepSpeed -----------------------------------------------------------------------------------
-def _tc(tmp_path, **kw):
-    from perception.config import TrainConfig
-
-    from test_train import SMALL
-
-    d = {"model": "tiny", "output_dir": str(tmp_path / "run"), "steps": 4, "batch_size": 2, "lr": 1e-3, "warmup": 1,
-         "save_every": 2, "eval_every": 0, "model_overrides": SMALL, "data": {"num_workers": 0}}
-    d.update(kw)
-    return TrainConfig.from_dict(d)
-
-
-def test_shipped_deepspeed_config_matches_the_recipes():
-    from perception.train import check_deepspeed_config, load_train_config
-
-    for name in ("llava7b_refcoco", "llava13b_refcoco"):
-        tc = load_train_config(str(ROOT / "configs" / f"{name}.yaml"))
-        ds = check_deepspeed_config(ROOT / "configs" / "ds_zero2.json", tc)
-        assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] and tc.bf16
-        assert ds["optimizer"]["params"]["lr"] == tc.lr and ds["gradient_clipping"] == tc.grad_clip
-        assert tc.data.source == "refcoco" and get_preset(tc.model).lora.r == 16
-
-
-@pytest.mark.parametrize("edit, match", [
-    ({"zero_optimization": {"stage": 4}}, "stage"),
-    ({"train_micro_batch_size_per_gpu": 3}, "batch_size"),
-    ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
-    ({"optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}, "auto"),
-    ({"fp16": {"enabled": True}}, "both"),
-    ({"bf16": {"enabled": False}}, "bf16"),
-])
-def test_deepspeed_config_validation(tmp_path, edit, match):
-    from perception.train import check_deepspeed_config
-
-    cfg = json.loads((ROOT / "configs" / "ds_zero2.json").read_text())
-    cfg.update(edit)
-    path = tmp_path / "ds.json"
-    path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=match):
-        check_deepspeed_config(path, _tc(tmp_path, batch_size=8, bf16=True))
-    path.write_text("{not json")
-    with pytest.raises(ValueError, match="invalid JSON"):
-        check_deepspeed_config(path)
-    with pytest.raises(ValueError, match="not found"):
-        check_deepspeed_config(tmp_path / "missing.json")
-
-
-def _ds_json(tmp_path) -> Path:
-    p = tmp_path / "ds.json"
-    p.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "gradient_clipping": 1.0,
-                             "zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}))
-    return p
-
-
-def test_deepspeed_missing_is_a_clear_import_error(tmp_path, monkeypatch):
-    from perception.train import train
-
-    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed -> ImportError
-    with pytest.raises(ImportError, match="pip install deepspeed"):
-        train(_tc(tmp_path, deepspeed=str(_ds_json(tmp_path))), progress=False)
-    with pytest.raises(ValueError, match="batch_size"):  # the config is checked first
-        train(_tc(tmp_path, batch_size=3, deepspeed=str(_ds_json(tmp_path))), progress=False)
-
-
-class _FakeEngine:
-    """The part of deepspeed.DeepSpeedEngine the trainer uses, on plain torch (CPU)."""
-
-    def __init__(self, model, params, config):
-        self.module, self.params, self.config = model, params, config
-        self.optimizer = torch.optim.AdamW(params, **config["optimizer"]["params"])
-        self.calls = []
-
-    def __call__(self, batch):
-        return self.module(batch)
-
-    def backward(self, loss):
-        loss.backward()
-
-    def step(self):
-        torch.nn.utils.clip_grad_norm_(self.params, self.config["gradient_clipping"])
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def save_checkpoint(self, save_dir, tag, exclude_frozen_parameters=False):
-        self.calls.append(("save", tag, exclude_frozen_parameters))
-        (Path(save_dir) / tag).mkdir(parents=True)
-        torch.save(self.optimizer.state_dict(), Path(save_dir) / tag / "optim_states.pt")
-
-    def load_checkpoint(self, load_dir, tag, **kw):
-        self.calls.append(("load", tag))
-        self.optimizer.load_state_dict(torch.load(Path(load_dir) / tag / "optim_states.pt", weights_only=True))
-
-
-def test_deepspeed_loop_with_a_stand_in_engine(tmp_path, monkeypatch):
-    """initialize() gets the trainable parameters and the JSON; checkpoints carry the engine's tag; resume loads it."""
-    from perception.checkpoint import from_pretrained
-    from perception.train import train
-
-    engines = []
-
-    def initialize(model, model_parameters, config):
-        assert all(p.requires_grad for p in model_parameters) and config["zero_optimization"]["stage"] == 2
-        engines.append(_FakeEngine(model, model_parameters, config))
-        return engines[-1], engines[-1].optimizer, None, None
-
-    monkeypatch.setitem(sys.modules, "deepspeed", types.SimpleNamespace(initialize=initialize))
-    tc = _tc(tmp_path, deepspeed=str(_ds_json(tmp_path)))
-    out = train(tc, progress=False)
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in rows)
-    assert [c[:2] for c in engines[0].calls] == [("save", "step000002"), ("save", "step000004")] and engines[0].calls[0][2]
-    latest = out / (out / "latest").read_text().strip()
-    assert json.loads((latest / "trainer_state.json").read_text())["deepspeed_tag"] == "step000004"
-    from_pretrained(latest)
-    train(_tc(tmp_path, steps=6, deepspeed=str(_ds_json(tmp_path))), progress=False)
-    assert engines[1].calls[0] == ("load", "step000004")
-    assert sorted(p.name for p in (out / "deepspeed").iterdir()) == ["step000004", "step000006"]  # keep_checkpoints=2
 
 
 # --- RefCOCO evaluation ---------------------------------------------------------------------------

@@ -67,6 +67,23 @@ def _quantization(kind: str):
 class HFBackbone(Backbone):
     """Backbone methods shared by adapters around a transformers model held in ``self.model``."""
 
+    lm_prefix = "model.model.language_model"  # transformers' *ForConditionalGeneration layout
+    hf_classes = ("", "")  # the transformers model and config class names
+    config_key = ""  # the BackboneConfig field that builds the model from a config dict instead
+
+    def __init__(self, cfg, vocab_size: int, pretrained: bool = True):
+        """``self.model`` from a checkpoint or ``cfg.<config_key>`` (``load_hf_model``), its embeddings
+        resized to our vocabulary, gradient checkpointing as configured, ``hidden_size`` the LM's width."""
+        super().__init__(cfg)
+        import transformers
+
+        model_cls, config_cls = (getattr(transformers, n) for n in self.hf_classes)
+        self.model = load_hf_model(model_cls, config_cls, cfg, self.config_key, vocab_size, pretrained)
+        self.resize_token_embeddings(vocab_size)
+        if cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.hidden_size = self.model.config.text_config.hidden_size
+
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
 

@@ -12,21 +12,14 @@ from __future__ import annotations
 import torch
 
 from perception.backbone.base import VisualFeatures
-from perception.backbone.hf import HFBackbone, load_hf_model
+from perception.backbone.hf import HFBackbone
 
 class LlavaBackbone(HFBackbone):
-    lm_prefix = "model.model.language_model"
+    hf_classes = ("LlavaForConditionalGeneration", "LlavaConfig")
+    config_key = "llava_config"
 
     def __init__(self, cfg, vocab_size: int, pretrained: bool = True):
-        super().__init__(cfg)
-        from transformers import LlavaConfig, LlavaForConditionalGeneration
-
-        self.model = load_hf_model(LlavaForConditionalGeneration, LlavaConfig, cfg, "llava_config", vocab_size, pretrained)
-        self.resize_token_embeddings(vocab_size)
-        if cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        text_cfg = self.model.config.text_config
-        self.hidden_size = text_cfg.hidden_size
+        super().__init__(cfg, vocab_size, pretrained)
         vc = self.model.config.vision_config
         n = (vc.image_size // vc.patch_size) ** 2
         strategy = self.model.config.vision_feature_select_strategy

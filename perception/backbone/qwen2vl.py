@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from perception.backbone.base import VisualFeatures
-from perception.backbone.hf import HFBackbone, load_hf_model
+from perception.backbone.hf import HFBackbone
 
 
 def patchify(pixel_values: torch.Tensor, patch: int, merge: int, temporal: int):
@@ -86,19 +86,13 @@ def mrope_position_ids(input_ids: torch.Tensor, image_token_id: int, grid: int, 
 
 
 class Qwen2VLBackbone(HFBackbone):
-    lm_prefix = "model.model.language_model"
+    hf_classes = ("Qwen2VLForConditionalGeneration", "Qwen2VLConfig")
+    config_key = "qwen_config"
 
     def __init__(self, cfg, vocab_size: int, pretrained: bool = True):
-        super().__init__(cfg)
-        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-        self.model = load_hf_model(Qwen2VLForConditionalGeneration, Qwen2VLConfig, cfg, "qwen_config", vocab_size, pretrained)
-        self.resize_token_embeddings(vocab_size)
-        if cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        vc = self.model.config.vision_config
-        self.hidden_size = self.model.config.text_config.hidden_size
-        self._patch, self._merge, self._temporal = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
+        super().__init__(cfg, vocab_size, pretrained)
+        self._patch, self._merge, self._temporal = (getattr(self.model.config.vision_config, k) for k in
+                                                    ("patch_size", "spatial_merge_size", "temporal_patch_size"))
         if cfg.image_size % (self._patch * self._merge):
             raise ValueError(f"image_size {cfg.image_size} must be a multiple of {self._patch * self._merge} for Qwen2-VL")
         self._grid = cfg.image_size // (self._patch * self._merge)

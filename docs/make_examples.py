@@ -1,4 +1,4 @@
-"""Regenerate the bundled example scenes: ``python -m app.make_examples`` writes app/examples/scene_<seed>.png.
+"""Regenerate the app's bundled example scenes: ``python docs/make_examples.py`` writes app/examples/scene_<seed>.png.
 
 Each is one ShapesRef scene, ``draw_scene(np.random.default_rng(seed))``, saved as an optimised
 PNG (a few tens of KB). The list below is fixed so the examples are reproducible.
@@ -6,14 +6,18 @@ PNG (a few tens of KB). The list below is fixed so the examples are reproducible
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from perception.data.shapesref import draw_scene
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from perception.data.shapesref import draw_scene  # noqa: E402
 
 SEEDS = (0, 1, 2, 3, 4, 5)
-OUT = Path(__file__).resolve().parent / "examples"
+OUT = ROOT / "app" / "examples"
 
 
 def main() -> None:
