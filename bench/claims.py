@@ -1,7 +1,7 @@
 """Benchmark of the paper's claim: perception-token embeddings vs coordinates written as text.
 
     python bench/claims.py                     # full: 3 seeds x 2 modes (about 90 min on 2 cores)
-    python bench/claims.py --quick --out DIR   # smoke run (a few minutes), used by tests/test_bench_claims.py
+    python bench/claims.py --quick [--out DIR] # smoke run (a few minutes), used by tests/test_bench_claims.py
 
 Both modes are the *same* tiny backbone (same ``model_overrides`` for size, same tokenizer, data,
 steps, optimiser, learning-rate schedule and seeds); they differ only in ``output_mode``:
@@ -19,8 +19,9 @@ Measured, each training run and each inference measurement in a fresh process (s
   after one backward pass on a training batch: in text_box mode the heads receive none).
 - tokens per object (defined in DEFINITIONS below), from greedy answers to "all the ..." questions.
 - latency per answer with 1, 3 and 5 matching objects: median wall time of ``Pipeline.chat``
-  (batch 1, image features already cached, greedy), plus ``forced``: the reference answer fed token
-  by token through the same KV-cache loop and decoded into objects (independent of training quality).
+  (batch 1, image features already cached, greedy), plus ``forced``: the reference answer emitted by
+  the real generation loop (``generate(..., forced=ids)``: KV cache, ``<loc>`` feedback) and decoded
+  into objects, timed by ``bench.forced.time_answer`` (independent of training quality).
 - peak memory: ru_maxrss of the training process and of the inference process; parameter bytes.
 
 Budget math (full profile, target ~90 min on 2 cores). Measured with a 10-step probe of each mode
@@ -38,13 +39,13 @@ An idle machine with 2 threads per process is faster. The script prints the proj
 each run; ``--steps`` / ``--seeds`` (>= 3) rescale it. Quick profile: 2 seeds x 2 modes x 6 steps,
 h64 x 2 layers, batch 4, 2 evaluations x 8 scenes, one scene per object count: ~1.5 min.
 
-Writes OUT/claims.json and OUT/claims_acc.png (OUT defaults to bench/results) and prints a
-markdown table. The claims and their targets are in docs/BENCHMARKS.md.
+Writes OUT/claims.json and OUT/claims_acc.png and prints a markdown table. OUT defaults to
+bench/results for the full profile and to QUICK_OUT (a temporary folder) for ``--quick``: a smoke
+run never replaces the committed results. The claims and their targets are in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -52,7 +53,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -63,31 +63,36 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.forced import COUNT_SEED, count_scenes, location_tokens, profile_arguments, reference_answer, time_answer, \
+    write_report  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"  # the committed full-run results
+QUICK_OUT = Path(tempfile.gettempdir()) / "perception-bench" / "claims-quick"  # --quick without --out
 MODES = ("perception", "text_box")
 TASKS = ["ground_A", "ground_S", "ground_R", "ground_all"]
 WEIGHTS = [0.3, 0.2, 0.2, 0.3]
 GROUND_TYPES = ("ground_A", "ground_S", "ground_R")
 EVAL_SEED = 20_000_000  # held-out one-object grounding scenes (training scene seeds stay far below)
-COUNT_SEED = 30_500_000  # where the search for 1/3/5-match scenes starts
 OBJECT_COUNTS = (1, 3, 5)
 EVAL_MAX_NEW = 64  # generation cap for one-object answers (a text box answer is ~27 tokens)
 LATENCY_MAX_NEW = 192  # generation cap for "all the ..." answers (5 text boxes are ~145 tokens)
 
-# The benchmark compares output representations on the base recipe (as first run at commit 16e2b76):
-# no dense token auxiliary, whole-frame region encoder, no <loc> feedback; identical in both modes.
-BASE_RECIPE = {"token_aux": {"attributes": []}, "loss": {"token_aux": 0.0}, "region": {"mode": "frame"},
-               "loc_feedback": False}
+# The benchmark compares output representations on the paper's path, identical in both modes: no
+# attribute auxiliaries and no <loc> feedback (the tiny recipe's additions, which only perception
+# mode could use). The committed full run (bench/results/claims.json) ran at commit 16e2b76, whose
+# region encoder read the whole frame; today's reads an ROI crop.
+PAPER_PATH = {"token_aux": {"attributes": []}, "loc_feedback": False}
 QUICK_OVERRIDES = {
     "backbone": {"text": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
                  "stem": {"channels": [8, 16, 32, 48], "token_grid": 10}},
     "mask_head": {"dim": 32},
-    **BASE_RECIPE,
+    **PAPER_PATH,
 }
 FULL_OVERRIDES = {
     "backbone": {"text": {"hidden_size": 128, "num_layers": 3, "num_heads": 4, "intermediate_size": 384},
                  "stem": {"channels": [16, 32, 64, 96], "token_grid": 10}},
     "mask_head": {"dim": 32},
-    **BASE_RECIPE,
+    **PAPER_PATH,
 }
 PROFILES = {
     "quick": dict(seeds=2, steps=6, eval_every=3, eval_scenes=8, batch_size=4, lr=2e-3, warmup=2,
@@ -109,8 +114,9 @@ DEFINITIONS = {
                          "the same count on the reference answers (independent of training quality)",
     "latency_ms": "median wall time of Pipeline.chat per answer, CPU, batch 1, greedy, image features cached "
                   "(so it is generation + decoding the objects), by number of matching objects in the scene",
-    "latency_forced_ms": "median wall time to run the reference answer token by token through the same KV-cache "
-                         "decoding loop (prefill + one forward per token + argmax) and decode it into objects",
+    "latency_forced_ms": "median wall time to emit the reference answer through the real generation loop "
+                         "(generate(..., forced=ids): prefill, one KV-cache forward per token, greedy scoring, <loc> "
+                         "feedback when the model has it) and decode it into objects",
     "trainable_params": "declared: parameters with requires_grad; receiving_gradients: parameters with a non-zero "
                         "gradient after one backward pass on a training batch of this benchmark's data",
     "peak_rss_mb": "ru_maxrss of the process: train = one training run incl. its periodic evaluations (max over "
@@ -145,42 +151,6 @@ def grounding_items(seed: int, count: int) -> list:
         o = scene.objects[turn.targets[0]]
         items.append((scene.image, turn.user, o.box, o.mask))
     return items
-
-
-def count_scenes(n: int, k: int, start: int = COUNT_SEED) -> list:
-    """``k`` scenes with exactly ``n`` objects matching an "all the ..." question.
-
-    Returns [Sample] (one turn, task ground_all, the reference answer in perception markup): scenes of 6
-    requested objects drawn from seeds start, start+1, ...; the question names a shape ("Find all the
-    stars") when exactly n objects share it, else a colour ("Show me all the red objects").
-    """
-    from perception.data.sample import Sample, Turn
-    from perception.data.shapesref import draw_scene
-    from perception.tokens import grounded
-
-    out, seed = [], start
-    while len(out) < k:
-        if seed - start > 20_000:
-            raise RuntimeError(f"no ShapesRef scene with exactly {n} matching objects in 20000 seeds")
-        scene = draw_scene(np.random.default_rng(seed), n_objects=6)
-        seed += 1
-        objs = scene.objects
-        shapes, colors = Counter(o.shape for o in objs), Counter(o.color for o in objs)
-        if n in shapes.values():
-            key = sorted(s for s, c in shapes.items() if c == n)[0]
-            idx, user = [i for i, o in enumerate(objs) if o.shape == key], f"Find all the {key}s"
-        elif n in colors.values():
-            key = sorted(s for s, c in colors.items() if c == n)[0]
-            idx, user = [i for i, o in enumerate(objs) if o.color == key], f"Show me all the {key} objects"
-        else:
-            continue
-        idx = sorted(idx, key=lambda i: (objs[i].cx, objs[i].cy))  # ShapesRef's listing order
-        answer = ", ".join(grounded(f"the {objs[i].label}") for i in idx)
-        out.append(Sample(image=scene.image, boxes=np.array([o.box for o in objs], np.float32),
-                          masks=np.stack([o.mask for o in objs]), labels=[o.label for o in objs],
-                          turns=[Turn(user=user, assistant=answer, targets=idx, task="ground_all")],
-                          meta={"seed": seed - 1}))
-    return out
 
 
 def train_config(mode: str, seed: int, profile: dict, run_dir: str):
@@ -228,53 +198,6 @@ def grounding_eval(model, tc) -> dict:
         res["mask_mIoU"] = float(np.mean(mious))
     _EVAL_SECONDS[0] += time.perf_counter() - t0
     return res
-
-
-def location_tokens(ids: list, prompts) -> tuple[int, int]:
-    """(generated tokens without the final </s>, tokens from each <p> through its </p>, inclusive)."""
-    ids = list(ids)
-    if ids and ids[-1] == prompts.eos_id:
-        ids = ids[:-1]
-    p_open, p_close = prompts.special["<p>"], prompts.special["</p>"]
-    inside, phrase = False, 0
-    for t in ids:
-        if t == p_open:
-            inside = True
-        if inside:
-            phrase += 1
-        if t == p_close:
-            inside = False
-    return len(ids), phrase
-
-
-def _forced_seconds(pipe, image, question: str, answer: str):
-    """Wall time of decoding ``answer`` token by token with the KV-cache loop of generation, plus objects."""
-    import torch
-
-    from perception.generation import Generated
-    from perception.tokens import parse_answer
-
-    model = pipe.model
-    prompts = model.prompts
-    _, (frame, state) = pipe._prepare(image)
-    enc = prompts.encode([(question, None)], add_generation_prompt=True)
-    answer_ids = prompts.assistant(answer) + [prompts.eos_id]
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        ids = torch.tensor([enc.input_ids])
-        logits, hidden, past = model.backbone.forward_embeds(model.embed(ids, state, None), use_cache=True)
-        hiddens = [hidden[0]]
-        for tok in answer_ids:
-            int(logits[0, -1].float().argmax())  # the greedy choice generation makes at every step
-            if tok == prompts.eos_id:
-                break
-            nxt = torch.tensor([[tok]])
-            logits, hidden, past = model.backbone.forward_embeds(model.backbone.embed_tokens(nxt),
-                                                                 past_key_values=past, use_cache=True)
-            hiddens.append(hidden[0])
-        gen = Generated(torch.tensor([enc.input_ids + answer_ids]), torch.cat(hiddens, 0)[None], len(enc.input_ids))
-        objects = pipe._objects(gen, state, frame, parse_answer(answer).phrases)
-        return time.perf_counter() - t0, len(objects)
 
 
 def _generated_ids(pipe, image, question: str) -> list:
@@ -340,7 +263,6 @@ def inference_job(mode: str, checkpoint: str, profile: dict) -> dict:
     """Latency, tokens per object, peak RSS of inference and parameter counts for one trained model."""
     import torch
 
-    from perception.baseline import to_text_boxes
     from perception.checkpoint import from_pretrained
     from perception.data.collate import Collator
     from perception.data.shapesref import make_sample
@@ -378,13 +300,13 @@ def inference_job(mode: str, checkpoint: str, profile: dict) -> dict:
                 d["tokens"] += total
                 d["phrase"] += phrase
                 d["objects"] += len(ans.objects)
-            ref = s.turns[0].assistant if mode == "perception" else to_text_boxes(s, model.config).turns[0].assistant
+            ref = reference_answer(s, model.config)
             total, phrase = location_tokens(prompts.assistant(ref), prompts)
             ref_tok["tokens"] += total
             ref_tok["phrase"] += phrase
             ref_tok["objects"] += n
             for _ in range(profile["latency_repeats"]):
-                forced[n].append(_forced_seconds(pipe, image, question, ref)[0])
+                forced[n].append(time_answer(pipe, image, question, ref).seconds)
         by_n[n] = _per_object(tok_n)
     rss = _peak_rss_mb()
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -558,9 +480,8 @@ def format_table(rep: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke profile (minutes): 2 seeds x 6 steps, tiny model")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for claims.json and claims_acc.png")
+    ap, out_of = profile_arguments(__doc__, "smoke profile (minutes): 2 seeds x 6 steps, tiny model",
+                                   "claims.json and claims_acc.png", RESULTS, QUICK_OUT)
     ap.add_argument("--seeds", type=int, default=None, help="override the profile's number of seeds")
     ap.add_argument("--steps", type=int, default=None, help="override the profile's training steps")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per process (profile default)")
@@ -574,8 +495,7 @@ def main(argv=None) -> int:
             profile[k] = getattr(a, k)
     if name == "full" and profile["seeds"] < 3:
         raise SystemExit("the full benchmark needs at least 3 seeds")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_of(a)
     t_start = time.perf_counter()
     tmp = None
     if a.keep_runs:
@@ -611,10 +531,7 @@ def main(argv=None) -> int:
         if tmp is not None:
             tmp.cleanup()
     rep = build_report(name, profile, train_runs, infer, time.perf_counter() - t_start)
-    (out / "claims.json").write_text(json.dumps(rep, indent=1, allow_nan=True))
-    plot(rep, out / "claims_acc.png")
-    print(format_table(rep))
-    print(f"\nwrote {out / 'claims.json'} and {out / 'claims_acc.png'} ({rep['wall_seconds']:.0f} s)")
+    write_report(rep, out / "claims.json", out / "claims_acc.png", plot, format_table(rep))
     return 0
 
 

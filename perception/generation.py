@@ -123,7 +123,8 @@ def generate_batch(model, states: list, input_ids: list, region_embeds: list, de
     decodes its ``<loc>``s against its own image and frame).
 
     Prompts are left-padded to the longest, with an attention mask (0 on padding) and position ids
-    counting only real tokens, so each row attends to and is positioned exactly as alone. A row
+    counting only real tokens, so each row attends to and is positioned as alone (the same
+    arithmetic, rounded differently in the last bits: Pipeline.chat_batch says where). A row
     that is done stops contributing tokens: it leaves the batch (its KV-cache row is dropped).
     """
     B = len(input_ids)
@@ -148,6 +149,9 @@ def generate_batch(model, states: list, input_ids: list, region_embeds: list, de
     while live:
         step, feedback = {}, []
         for i, b in enumerate(live):
+            if rows[b].done:  # allowed no token at all (max_new_tokens <= 0)
+                feedback.append(None)
+                continue
             step[b] = rows[b].choose(logits[i, -1])
             feedback.append(rows[b].write(step[b], hidden[i, -1:]))
         yield step

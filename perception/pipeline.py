@@ -183,10 +183,11 @@ class Pipeline:
         """Answer several requests together: ``[chat(images[i], messages[i], histories[i], regions[i])]``.
 
         Each request has its own image, history and regions (None: none), validated as ``chat``
-        validates them (ValueError naming the request); prompts of different lengths are padded and masked
-        (perception.generation.generate_batch). Image features come from the same cache as ``chat``'s,
-        each image encoded alone: encoding them as one batch rounds the convolutions differently
-        (measured: a mask score 1 ulp off), and the answers are those ``chat`` gives one at a time.
+        validates them (ValueError naming the request). Prompts of different lengths are left-padded
+        and masked (perception.generation.generate_batch). Image features come from the same cache
+        as ``chat``'s, each image encoded alone (a batched convolution rounds differently). The
+        answers are ``chat``'s one at a time: same text, boxes and masks; a mask score may differ in
+        its last bits (a one-row decoding step multiplies a vector, a batched one a matrix).
         """
         from perception.generation import generate_batch
 

@@ -127,11 +127,16 @@ def test_pipeline_text_box_objects(text_box_model):
 
 
 def test_claims_quick_end_to_end(tmp_path):
-    out = tmp_path / "results"
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "claims.py"), "--quick", "--out", str(out)],
+    """--quick without --out writes to a temporary folder, never over the committed results."""
+    committed = {p: p.read_bytes() for p in (ROOT / "bench" / "results").glob("claims*") if p.is_file()}
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               TMPDIR=str(tmp_path))  # tempfile.gettempdir() in the script: the default quick folder lands here
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "claims.py"), "--quick"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert {p: p.read_bytes() for p in committed} == committed, "the quick run changed bench/results"
+    assert not (set((ROOT / "bench" / "results").glob("claims*")) - set(committed)), "the quick run wrote into bench/results"
+    out = tmp_path / "perception-bench" / "claims-quick"
     assert "| metric |" in r.stdout
     png = out / "claims_acc.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
