@@ -20,7 +20,7 @@ __all__ = ["build_app", "launch", "main"]
 
 
 def main(argv=None) -> None:
-    """``python app.py [--model tiny|PATH|hub-id] [--device auto|cpu|cuda]``.
+    """``python app.py [--model tiny|PATH|hub-id] [--device auto|cpu|cuda] [--max-batch-size N]``.
 
     Serves on http://127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise.
     """
@@ -33,7 +33,12 @@ def main(argv=None) -> None:
                    help="preset name (tiny), checkpoint folder or Hugging Face hub id (default: %(default)s)")
     p.add_argument("--device", default=model.settings()["device"], choices=["auto", "cpu", "cuda"],
                    help="where the model runs (default: %(default)s)")
+    p.add_argument("--max-batch-size", type=int, default=None,
+                   help="the most /chat requests answered together in one batch; 1 answers them one at a time "
+                        f"(default: PERCEPTION_MAX_BATCH or {model.settings()['max_batch']})")
     args = p.parse_args(argv)
+    if args.max_batch_size is not None and args.max_batch_size < 1:
+        p.error(f"--max-batch-size must be at least 1; got {args.max_batch_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model.configure(args.model, args.device)
+    model.configure(args.model, args.device, args.max_batch_size)
     launch(build_app())

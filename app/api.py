@@ -36,6 +36,10 @@ def _plain_errors(fn):
 def api_chat(image, message: str, regions, history):
     """The ``/chat`` endpoint: one turn, stateless (the client keeps the history).
 
+    The request is validated on its own (a gr.Error naming the problem), then answered in one
+    batch with the valid requests that arrive with it (``model.chat``); a failure of the model on
+    this request is this request's error only.
+
     image: file path (or PIL/array). regions: JSON list in pixels of {"point": [x, y]} |
     {"box": [x1, y1, x2, y2]} | {"mask": COCO RLE}, "[]" for none. history: messages-format list
     (or its JSON), "[]" to start. Returns (answer text, history + 2 messages, objects, overlay),
@@ -57,16 +61,13 @@ def api_chat(image, message: str, regions, history):
         fmt.check_placeholders(message, len(regs))
     except ValueError as e:
         raise error(str(e)) from None
-    answer = None
-    try:
-        for out in model.stream_chat(img, message, recent, regs):
-            if isinstance(out, Answer):
-                answer = out
+    try:  # answered together with the requests that arrive with it (app/model.py chat)
+        answer = model.chat(img, message, recent, regs)
     except ValueError as e:
         raise error(str(e)) from None
     except Exception as e:
         raise model_error("answering", e) from None
-    if answer is None:
+    if not isinstance(answer, Answer):
         raise error("The model returned no answer.")
     new_messages = answer.history[len(recent):]  # this turn: the user message and the answer
     return answer.text, hist + new_messages, answer_json(answer), draw_overlay(img, answer.objects)

@@ -2,7 +2,8 @@
 what they show in app/views.py, the API endpoints in app/api.py.
 
 Named API endpoints (gradio_client): ``/chat(image, message, regions, history)`` and
-``/segment_point(image, x, y)``; the UI's own events are private.
+``/segment_point(image, x, y)``; the UI's own events are private. ``/chat`` requests that arrive
+together are answered in one batch (``model.max_batch()`` at most, read when the app is built).
 """
 
 from __future__ import annotations
@@ -178,8 +179,11 @@ def build_app() -> gr.Blocks:
               [overlay, dl_png], **light)
         clear_chat.click(h.clear_chat, [sess], [sess, chatbot, overlay, objects, dl_json, dl_png, status], **light)
 
+        # up to max_batch() /chat requests run at once: each is validated in its own call, then the
+        # valid ones that arrive together are answered in one chat_batch call (app/batching.py)
         a_chat.click(api.api_chat, [a_image, a_message, a_regions, a_history],
-                     [a_text, a_history_out, a_objects, a_overlay], api_name="chat", **heavy)
+                     [a_text, a_history_out, a_objects, a_overlay], api_name="chat",
+                     concurrency_id="chat-api", concurrency_limit=model.max_batch())
         demo.queue(default_concurrency_limit=1)  # the CPU model is never oversubscribed
         a_segment.click(api.api_segment_point, [a_image, a_x, a_y], [a_mask, a_overlay],
                         api_name="segment_point", **heavy)

@@ -1,7 +1,8 @@
 """Concurrent users on the app's named API: errors, cross-user leaks, latency and server memory.
 
     python bench/load_test.py [--users 16] [--seconds 60] [--model tiny] [--url http://127.0.0.1:PORT/]
-                              [--out bench/results/load_test.json]
+                              [--max-batch-size N] [--out bench/results/load_test.json]
+    python bench/load_test.py --compare-batching [--out bench/results/load_test_batched.json]
 
 Starts the app as its own server process on 127.0.0.1 (``python app.py``, as deployed; or in this
 process with --in-process, or connects to --url, which must be local) and runs N
@@ -25,6 +26,12 @@ Reported: p50/p95 latency (client wall time, queueing included), requests per se
 server process's RSS from after a warm-up wave (one request per user) to the end (target < 25 %
 growth). With --in-process the RSS also holds the 16 gradio_client users (their downloads,
 histories and HTTP clients), which is not the server's memory: the default measures the server alone.
+
+Batched serving: the app answers the ``/chat`` requests that arrive together in one
+``Pipeline.chat_batch`` call, at most ``--max-batch-size`` of them (the app's own option; default
+16; 1 answers them one at a time). ``--compare-batching`` runs the same load twice in one
+invocation, on a fresh server each time: unbatched (1) and then batched (--batch-size, default
+16), and writes both reports with the p95 ratio (target: batched p95 at most half the unbatched).
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_SECONDS = 60
+BATCHED = 16  # --max-batch-size of the batched server in --compare-batching
+P95_RATIO_TARGET = 0.5  # batched p95 / unbatched p95, at most
 OWN_IOU = 0.1  # a box overlapping an own object at least this much is not a leak
 OTHER_IOU = 0.5  # ... and one matching another user's object this much is
 TASKS = ("ground_A", "ground_S", "ground_R", "ground_all", "count")
@@ -176,13 +185,14 @@ def ask(client, user: User, others: np.ndarray, phase: str, keep: bool = False) 
 
 
 def user_loop(url: str, user: User, others: np.ndarray, clock: dict, max_requests: int, keep: int,
-              barrier: threading.Barrier):
-    """Warm-up request, wait for everyone, then ask until clock["deadline"] or max_requests."""
+              barrier: threading.Barrier, overlays: bool = True):
+    """Warm-up request, wait for everyone, then ask until clock["deadline"] or max_requests.
+    overlays: download each answer's overlay PNG (gradio_client's default), or not."""
     from gradio_client import Client
 
     client = None
     try:
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, download_files=overlays)
         user.records.append(ask(client, user, others, "warmup"))
     except Exception as e:  # noqa: BLE001 - the client could not connect: an error, and no loop
         user.records.append({"user": user.id, "phase": "warmup", "kind": "ground", "history_len": 0, "seconds": 0.0,
@@ -198,7 +208,7 @@ def replay(url: str, users: list[User]) -> list[dict]:
     """Send each kept request again, one at a time, and compare the answers with those under load."""
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=False)  # the overlay is not compared
     out = []
     for u in users:
         for r in u.records:
@@ -223,12 +233,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(model_name: str, device: str = "cpu"):
-    """The app in this process on 127.0.0.1 -> (url, close)."""
+def start_app(model_name: str, device: str = "cpu", max_batch: int | None = None):
+    """The app in this process on 127.0.0.1 -> (url, close). max_batch: the most /chat requests
+    answered together (None: the app's default)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from app import build_app, launch, model
 
-    model.configure(model_name, device)
+    model.configure(model_name, device, max_batch)
     model.get_pipeline()  # load before the clock starts
     demo = build_app()
     port = _free_port()
@@ -236,8 +247,10 @@ def start_app(model_name: str, device: str = "cpu"):
     return f"http://127.0.0.1:{port}/", demo.close
 
 
-def start_server_process(model_name: str, device: str = "cpu", log_dir: Path | None = None):
-    """``python app.py`` as its own process on 127.0.0.1 -> (url, psutil.Process, close)."""
+def start_server_process(model_name: str, device: str = "cpu", log_dir: Path | None = None,
+                         max_batch: int | None = None):
+    """``python app.py`` as its own process on 127.0.0.1 -> (url, psutil.Process, close).
+    max_batch: its --max-batch-size (None: the app's default)."""
     import subprocess
     import urllib.request
 
@@ -247,8 +260,10 @@ def start_server_process(model_name: str, device: str = "cpu", log_dir: Path | N
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                GRADIO_ANALYTICS_ENABLED="False")
     log = open(Path(log_dir or tempfile.gettempdir()) / f"load-test-server-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", model_name, "--device", device],
-                            cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, str(ROOT / "app.py"), "--model", model_name, "--device", device]
+    if max_batch is not None:
+        cmd += ["--max-batch-size", str(max_batch)]
+    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
 
     def close():
@@ -316,17 +331,22 @@ def _ms(xs, q):
 
 def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model: str = "tiny",
              device: str = "cpu", max_requests: int = 1000, replay_per_user: int = 1, seed: int = 40_000_000,
-             in_process: bool = False) -> dict:
-    """Run the load test and return its report (see the module docstring)."""
+             in_process: bool = False, max_batch: int | None = None, overlays: bool = True) -> dict:
+    """Run the load test and return its report (see the module docstring). max_batch: the served
+    app's --max-batch-size (ignored with url: that server has its own). overlays: the clients
+    download each answer's overlay PNG (False: they skip it, as --skip-overlays)."""
+    import psutil
+
     seconds = min(float(seconds), MAX_SECONDS)
     if url is not None and urlparse(url).hostname not in ("127.0.0.1", "localhost"):
         raise ValueError(f"--url must be a local server (127.0.0.1 or localhost); got {url}")
-    close, where = None, url
+    close, where, log_dir = None, url, None
     if url is None and in_process:
-        url, close = start_app(model, device)
+        url, close = start_app(model, device, max_batch)
         server, where = _server_process(None), "in-process"
     elif url is None:
-        url, server, close = start_server_process(model, device)
+        log_dir = Path(tempfile.mkdtemp(prefix="load-test-server-"))
+        url, server, close = start_server_process(model, device, log_dir=log_dir, max_batch=max_batch)
         where = "own process (python app.py)"
     else:
         server = _server_process(url)
@@ -339,12 +359,15 @@ def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model
             for u in people:
                 others = np.concatenate([v.boxes for v in people if v is not u] or [np.zeros((0, 4))])
                 threads.append(threading.Thread(target=user_loop, daemon=True,
-                                                args=(url, u, others, clock, max_requests, replay_per_user, barrier)))
+                                                args=(url, u, others, clock, max_requests, replay_per_user, barrier,
+                                                      overlays)))
             for t in threads:
                 t.start()
             barrier.wait()  # every user has had its warm-up answer
             watch = MemoryWatch(server)
             rss_warm = watch.rss()
+            cpu_warm = _cpu_seconds(server), _cpu_seconds(psutil.Process())
+            batches_warm = _logged_batches(log_dir)
             watch.peak = rss_warm or 0
             watch.start()
             clock["deadline"] = time.monotonic() + seconds
@@ -354,6 +377,9 @@ def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model
                 t.join(timeout=seconds + 300)
             load_s = time.monotonic() - t_load
             rss_end = watch.rss()
+            cpu_end = _cpu_seconds(server), _cpu_seconds(psutil.Process())
+            batches = _logged_batches(log_dir)
+            batches = batches[len(batches_warm):] if batches is not None else None
             watch.stop.set()
             replays = replay(url, people) if replay_per_user else []
     finally:
@@ -369,8 +395,10 @@ def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model
     growth = (rss_end - rss_warm) / rss_warm if rss_warm and rss_end else None
     report = {
         "users": users, "seconds": seconds, "model": model if close else "as served",
+        "max_batch_size": (max_batch or "app default") if close else "as served",
         "url": where,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+                   f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "requests": len(recs), "requests_under_load": len(load),
         "requests_per_s": round(len(ok) / load_s, 2) if load_s else None,
         "per_user_requests": [len(u.records) for u in people],
@@ -387,8 +415,15 @@ def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model
             "mean": round(1000 * statistics.mean(r["seconds"] for r in ok), 1) if ok else None,
         },
         "max_history_messages": max((r["history_len"] for r in recs), default=0),
+        "overlays_downloaded": overlays,
+        "server_batches": _batch_summary(batches),
         "rss_mb": {"after_warmup": _mb(rss_warm), "end": _mb(rss_end), "peak": _mb(watch.peak or None)},
         "rss_growth": round(growth, 4) if growth is not None else None,
+        # CPU seconds per answer under load: the server's (model + Gradio), and the load-test clients'
+        # (this process; with --in-process it holds the server too). Less sensitive than wall time
+        # to what else runs on the machine.
+        "cpu_s_per_answer": {"server": _per(cpu_end[0], cpu_warm[0], len(ok)),
+                             "clients": _per(cpu_end[1], cpu_warm[1], len(ok))},
         "targets": {"errors": 0, "leaks": 0, "replay_mismatches": 0, "rss_growth_below": 0.25},
     }
     report["pass"] = (report["errors"] == 0 and report["leaks"] == 0 and report["replay_mismatches"] == 0
@@ -396,14 +431,82 @@ def run_load(users: int = 16, seconds: float = 60, url: str | None = None, model
     return report
 
 
+def _logged_batches(log_dir: Path | None) -> list[int] | None:
+    """The sizes of the /chat batches the server process has logged so far ("answered a batch of
+    N", app/batching.py); None when the server was not started here."""
+    import re
+
+    if log_dir is None:
+        return None
+    return [int(n) for f in sorted(log_dir.glob("*.log"))
+            for n in re.findall(r"answered a batch of (\d+)", f.read_text())]
+
+
+def _batch_summary(sizes: list[int] | None) -> dict | None:
+    """The batches answered under load: {"count", "mean_size", "sizes": {N: how many}}."""
+    from collections import Counter
+
+    if sizes is None:
+        return None
+    return {"count": len(sizes), "mean_size": round(statistics.mean(sizes), 2) if sizes else None,
+            "sizes": dict(sorted(Counter(sizes).items()))}
+
+
+def _cpu_seconds(proc) -> float | None:
+    """User + system CPU seconds of a psutil.Process and its threads (None: unknown)."""
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system
+    except Exception:  # noqa: BLE001 - no process, or not ours to read
+        return None
+
+
+def _per(end, start, n):
+    return round((end - start) / n, 4) if end is not None and start is not None and n else None
+
+
 def _mb(b):
     return round(b / 2**20, 1) if b else None
+
+
+def compare_batching(batch_size: int = BATCHED, **kw) -> dict:
+    """The same load on an unbatched server (--max-batch-size 1), then on a batched one
+    (--max-batch-size batch_size), each started fresh -> both reports and their p50/p95 ratios."""
+    if kw.get("url") is not None:
+        raise ValueError("--compare-batching starts its own servers: it cannot use --url")
+    runs = {"unbatched": run_load(max_batch=1, **kw), "batched": run_load(max_batch=batch_size, **kw)}
+    un, ba = runs["unbatched"]["latency_ms"], runs["batched"]["latency_ms"]
+    ratio = lambda k: round(ba[k] / un[k], 3) if ba[k] and un[k] else None  # noqa: E731
+    rps_u, rps_b = runs["unbatched"]["requests_per_s"], runs["batched"]["requests_per_s"]
+    out = dict(runs, p50_ratio=ratio("p50"), p95_ratio=ratio("p95"),
+               requests_per_s_ratio=round(rps_b / rps_u, 3) if rps_u and rps_b else None,
+               target={"p95_ratio_at_most": P95_RATIO_TARGET})
+    out["target_met"] = out["p95_ratio"] is not None and out["p95_ratio"] <= P95_RATIO_TARGET
+    out["pass"] = runs["unbatched"]["pass"] and runs["batched"]["pass"]
+    return out
+
+
+def comparison_table(cmp: dict) -> str:
+    """The markdown table of docs/BENCHMARKS.md: one row per server."""
+    rows = ["| serving | max batch | mean batch | answers/s | p50 ms | p95 ms | CPU s/answer: server, clients "
+            "| errors | leaks | replay mismatches |",
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for name in ("unbatched", "batched"):
+        r = cmp[name]
+        batches, cpu = r["server_batches"] or {}, r["cpu_s_per_answer"]
+        rows.append(f"| {name} | {r['max_batch_size']} | {batches.get('mean_size')} | {r['requests_per_s']} | "
+                    f"{r['latency_ms']['p50']} | {r['latency_ms']['p95']} | {cpu['server']}, {cpu['clients']} | "
+                    f"{r['errors']} | {r['leaks']} | {r['replay_mismatches']} of {r['replayed']} |")
+    rows.append(f"\nbatched / unbatched: p50 x{cmp['p50_ratio']}, p95 x{cmp['p95_ratio']} (target <= "
+                f"{P95_RATIO_TARGET}: {'met' if cmp['target_met'] else 'NOT met'}), answers/s x{cmp['requests_per_s_ratio']}")
+    return "\n".join(rows)
 
 
 def table(rep: dict) -> str:
     lat = rep["latency_ms"]
     rows = [
-        ("users x seconds", f"{rep['users']} x {rep['seconds']:g} s ({rep['url']}, model {rep['model']})"),
+        ("users x seconds", f"{rep['users']} x {rep['seconds']:g} s ({rep['url']}, model {rep['model']}, "
+                            f"max batch {rep['max_batch_size']})"),
         ("requests (under load)",
          f"{rep['requests']} ({rep['requests_under_load']}), {rep['requests_per_s']} answers/s"),
         ("errors", rep["errors"]),
@@ -429,17 +532,38 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--max-requests", type=int, default=1000, help="per user")
     ap.add_argument("--replay", type=int, default=1, help="requests per user sent again to check determinism")
-    ap.add_argument("--out", default="bench/results/load_test.json")
+    ap.add_argument("--max-batch-size", type=int, default=None,
+                    help="the served app's --max-batch-size (1: unbatched; default: the app's, 16)")
+    ap.add_argument("--compare-batching", action="store_true",
+                    help="run unbatched (max batch 1), then batched (--batch-size) in one invocation")
+    ap.add_argument("--batch-size", type=int, default=BATCHED, help="the batched server's max batch (--compare-batching)")
+    ap.add_argument("--skip-overlays", action="store_true",
+                    help="clients do not download the overlay PNG of each answer (less client CPU on a shared machine)")
+    ap.add_argument("--out", default=None, help="default bench/results/load_test.json, or "
+                                                "bench/results/load_test_batched.json with --compare-batching")
     a = ap.parse_args(argv)
     if a.users < 1:
         ap.error("--users must be at least 1")
     if a.url is not None and urlparse(a.url).hostname not in ("127.0.0.1", "localhost"):
         ap.error(f"--url must be a local server (127.0.0.1 or localhost); got {a.url}")
-    rep = run_load(a.users, a.seconds, a.url, a.model, a.device, a.max_requests, a.replay, in_process=a.in_process)
-    out = Path(a.out)
+    for name in ("max_batch_size", "batch_size"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1; got {getattr(a, name)}")
+    if a.compare_batching and (a.url is not None or a.max_batch_size is not None):
+        ap.error("--compare-batching starts its own two servers: no --url, no --max-batch-size (use --batch-size)")
+    kw = dict(users=a.users, seconds=a.seconds, model=a.model, device=a.device, max_requests=a.max_requests,
+              replay_per_user=a.replay, in_process=a.in_process, overlays=not a.skip_overlays)
+    if a.compare_batching:
+        rep = compare_batching(a.batch_size, **kw)
+        rep["command"] = "python bench/load_test.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        shown, default = comparison_table(rep), "bench/results/load_test_batched.json"
+    else:
+        rep = run_load(url=a.url, max_batch=a.max_batch_size, **kw)
+        shown, default = table(rep), "bench/results/load_test.json"
+    out = Path(a.out or default)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rep, indent=1))
-    print(table(rep))
+    print(shown)
     print(f"written: {out}")
     return 0 if rep["pass"] else 1
 

@@ -28,6 +28,8 @@ def main(argv=None) -> int:
                         "conversation, a same-as-a-region request); default: --count; 0: v1 only")
     e.add_argument("--out", default=None, help="JSON report path")
     e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=int, default=1,
+                   help="answer this many one-turn requests together (Pipeline.chat_batch: the answers chat gives, faster); default 1")
     e.add_argument("--box-source", default=None, choices=["head", "mask"],
                    help="override the model's box source (ablation: the paper's MLP head, or the mask blob)")
     e.add_argument("--exclusive", default=None, choices=["on", "off"],

@@ -277,25 +277,65 @@ def _followup_kinds() -> dict:
 _FOLLOWUP_KINDS = _followup_kinds()  # "What color is it?" -> "color"
 
 
-def evaluate(pipe, items, progress: bool = True, total=None) -> dict:
+def evaluate(pipe, items, progress: bool = True, total=None, batch_size: int = 1) -> dict:
+    """Answer every item and score it. ``batch_size`` > 1 answers the one-turn requests
+    ``batch_size`` at a time with ``pipe.chat_batch`` (clicks and conversations one at a time);
+    items are scored in their order, so the report is the same for any batch size but for
+    ``latency_ms_median`` (a batched turn counts the batch's wall time divided by its size)."""
     from tqdm import tqdm
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     acc = Accumulator()
+    pending = []  # [gt, turn, result or None, seconds] in item order; None: a one-turn request waiting for its batch
     for _, gt, turn in tqdm(items, disable=not progress, total=total, desc="evaluate"):
-        t0 = time.perf_counter()
-        if isinstance(turn, dict):
-            mask = pipe.segment_point(gt["image"], turn["point"])
-            acc.add(gt, turn, click_mask=mask, seconds=time.perf_counter() - t0)
-        elif isinstance(turn, list):  # a conversation: the user goes on from the model's own answers
-            answers, history = [], None
-            for t in turn:
-                answers.append(pipe.chat(gt["image"], t.user, history=history, regions=t.regions))
-                history = answers[-1].history
-            acc.add_conversation(gt, turn, answers, seconds=(time.perf_counter() - t0) / len(turn))
+        if batch_size > 1 and not isinstance(turn, (dict, list)):
+            pending.append([gt, turn, None, None])
         else:
-            ans = pipe.chat(gt["image"], turn.user, regions=turn.regions)
-            acc.add(gt, turn, answer=ans, seconds=time.perf_counter() - t0)
+            pending.append(_answered(pipe, gt, turn))
+        waiting = sum(e[2] is None for e in pending)
+        if waiting == 0 or waiting >= batch_size:
+            _flush(pipe, acc, pending)
+    _flush(pipe, acc, pending)
     return acc.report()
+
+
+def _answered(pipe, gt, turn) -> list:
+    """An item answered on its own: [gt, turn, result (mask, answers or answer), seconds]."""
+    t0 = time.perf_counter()
+    if isinstance(turn, dict):  # a click
+        return [gt, turn, pipe.segment_point(gt["image"], turn["point"]), time.perf_counter() - t0]
+    if not isinstance(turn, list):
+        return [gt, turn, pipe.chat(gt["image"], turn.user, regions=turn.regions), time.perf_counter() - t0]
+    answers, history = [], None
+    for t in turn:  # a conversation: the user goes on from the model's own answers
+        answers.append(pipe.chat(gt["image"], t.user, history=history, regions=t.regions))
+        history = answers[-1].history
+    return [gt, turn, answers, (time.perf_counter() - t0) / len(turn)]
+
+
+def _flush(pipe, acc, pending: list) -> None:
+    """Answer the waiting one-turn requests as one batch, then score everything pending in order."""
+    wait = [e for e in pending if e[2] is None]
+    if wait:
+        t0 = time.perf_counter()
+        answers = pipe.chat_batch([e[0]["image"] for e in wait], [e[1].user for e in wait],
+                                  regions=[e[1].regions for e in wait])
+        seconds = (time.perf_counter() - t0) / len(wait)
+        for e, ans in zip(wait, answers):
+            e[2:] = [ans, seconds]
+    for e in pending:
+        _score(acc, *e)
+    pending.clear()
+
+
+def _score(acc, gt, turn, result, seconds) -> None:
+    if isinstance(turn, dict):
+        acc.add(gt, turn, click_mask=result, seconds=seconds)
+    elif isinstance(turn, list):
+        acc.add_conversation(gt, turn, result, seconds=seconds)
+    else:
+        acc.add(gt, turn, answer=result, seconds=seconds)
 
 
 def _table_rows(rep: dict) -> dict:
@@ -404,6 +444,10 @@ def run_cli(args) -> int:
     if v2_count < 0:
         print(f"error: --v2-count must be >= 0; got {v2_count}", file=sys.stderr)
         return 2
+    batch_size = getattr(args, "batch_size", 1)
+    if batch_size < 1:
+        print(f"error: --batch-size must be >= 1; got {batch_size}", file=sys.stderr)
+        return 2
     pipe = perception.load_pipeline(args.model, device=args.device)
     if getattr(args, "box_source", None):
         pipe.model.config.box_head.source = args.box_source
@@ -419,7 +463,7 @@ def run_cli(args) -> int:
         items, total = _dataset_items(ds), len(ds)
     else:
         items, total = jsonl_items(args.data), None
-    rep = evaluate(pipe, items, total=total)
+    rep = evaluate(pipe, items, total=total, batch_size=batch_size)
     rep["model"] = args.model
     rep["box_source"] = pipe.model.config.box_head.source
     rep["exclusive"] = pipe.model.config.mask_head.exclusive

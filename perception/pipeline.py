@@ -13,6 +13,7 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -161,8 +162,64 @@ class Pipeline:
 
     def stream_chat(self, image, message: str, history=None, regions=None, max_new_tokens=None):
         """Yield the answer text (markup removed) as it grows, then the final Answer."""
-        from perception.decoding import answer_decoder
         from perception.generation import generate
+
+        turn = self._prepare_turn(image, message, history, regions, max_new_tokens)
+        gen = generate(self.model, turn.state, turn.input_ids, turn.region_embeds, turn.max_new,
+                       self.limits.max_objects, decoder=turn.decoder)
+        new_ids = []
+        # The lock is held for each decoding step, never across a yield: a web server may resume
+        # this generator from another thread. ``generate`` runs under no_grad itself.
+        while True:
+            with self._lock:
+                try:
+                    new_ids.append(next(gen))
+                except StopIteration:
+                    break
+            yield parse_answer(self._decode(new_ids)).text
+        yield self._answer(turn, new_ids)
+
+    def chat_batch(self, images, messages, histories=None, regions=None, max_new_tokens=None) -> list[Answer]:
+        """Answer several requests together: ``[chat(images[i], messages[i], histories[i], regions[i])]``.
+
+        Each request has its own image, history and regions (None: none), validated as ``chat``
+        validates them (ValueError naming the request). Prompts of different lengths are left-padded
+        and masked (perception.generation.generate_batch). Image features come from the same cache
+        as ``chat``'s, each image encoded alone (a batched convolution rounds differently). The
+        answers are ``chat``'s one at a time: same text, boxes and masks; a mask score may differ in
+        its last bits (a one-row decoding step multiplies a vector, a batched one a matrix).
+        """
+        from perception.generation import generate_batch
+
+        n = len(messages)
+        histories = [None] * n if histories is None else list(histories)
+        regions = [None] * n if regions is None else list(regions)
+        images = list(images)
+        if not (len(images) == len(histories) == len(regions) == n):
+            raise ValueError(f"chat_batch: {len(images)} images, {n} messages, {len(histories)} histories and "
+                             f"{len(regions)} region lists; give one of each per request")
+        turns = []
+        for i in range(n):
+            try:
+                turns.append(self._prepare_turn(images[i], messages[i], histories[i], regions[i], max_new_tokens))
+            except ValueError as e:
+                raise ValueError(f"request {i}: {e}") from e
+        max_new = max((t.max_new for t in turns), default=0)
+        gen = generate_batch(self.model, [t.state for t in turns], [t.input_ids for t in turns],
+                             [t.region_embeds for t in turns], [t.decoder for t in turns], max_new, self.limits.max_objects)
+        while True:  # the lock is held per decoding step, as in stream_chat
+            with self._lock:
+                try:
+                    next(gen)
+                except StopIteration as stop:
+                    done = stop.value
+                    break
+        return [self._answer(t, g.ids[0, g.prompt_len:].tolist()) for t, g in zip(turns, done)]
+
+    def _prepare_turn(self, image, message: str, history, regions, max_new_tokens) -> "_Turn":
+        """Validate one request and build what generating its answer needs (``stream_chat`` and
+        ``chat_batch`` both start here): the prompt ids, region embeddings and answer decoder."""
+        from perception.decoding import answer_decoder
         from perception.regions import Regions
 
         lim = self.limits
@@ -188,26 +245,18 @@ class Pipeline:
         with self._lock, torch.no_grad():
             rs = Regions.build([(turn_regions[t][n - 1], frame, 0) for t, n in enc.region_order], side)
             region_embeds = self.model.encode_regions(state, rs.to(self.device) if rs is not None else None)
-        ids = torch.tensor([enc.input_ids], device=self.device)
-        max_new = min(max_new_tokens or lim.max_new_tokens, lim.max_new_tokens)
-        decoder = answer_decoder(self.model, state, frame, max_objects=lim.max_objects)
-        gen = generate(self.model, state, ids, region_embeds, max_new, lim.max_objects, decoder=decoder)
-        new_ids = []
-        # The lock is held for each decoding step, never across a yield: a web server may resume
-        # this generator from another thread. ``generate`` runs under no_grad itself.
-        while True:
-            with self._lock:
-                try:
-                    new_ids.append(next(gen))
-                except StopIteration:
-                    break
-            yield parse_answer(self._decode(new_ids)).text
+        return _Turn(message, regions, history, state, torch.tensor([enc.input_ids], device=self.device), region_embeds,
+                     min(max_new_tokens or lim.max_new_tokens, lim.max_new_tokens),
+                     answer_decoder(self.model, state, frame, max_objects=lim.max_objects))
+
+    def _answer(self, turn: "_Turn", new_ids: list) -> Answer:
+        """A request's generated ids -> its Answer (text, objects paired with phrases, history)."""
         raw = self._decode(new_ids)
-        new_history = history + [
-            {"role": "user", "content": message, "regions": [_region_to_dict(r) for r in regions]},
+        new_history = turn.history + [
+            {"role": "user", "content": turn.message, "regions": [_region_to_dict(r) for r in turn.regions]},
             {"role": "assistant", "content": raw},
         ]
-        yield Answer(text=parse_answer(raw).text, objects=decoder.objects(raw), history=new_history, raw=raw)
+        return Answer(text=parse_answer(raw).text, objects=turn.decoder.objects(raw), history=new_history, raw=raw)
 
     def _decode(self, ids) -> str:
         """Generated ids -> text; byte fragments (U+FFFD) and control characters are dropped."""
@@ -215,6 +264,20 @@ class Pipeline:
         ids = [i for i in ids if i != tok.eos_token_id]
         text = tok.decode(ids, skip_special_tokens=False)
         return "".join(ch for ch in text if (ch.isprintable() or ch == "\n") and ch != "\ufffd")
+
+
+@dataclass
+class _Turn:
+    """One validated request, ready to generate (``Pipeline._prepare_turn``)."""
+
+    message: str  # cleaned
+    regions: list  # [Region] in input-image pixels, one per <regionK>
+    history: list  # the messages-format history given
+    state: object  # ImageState of the image (a batch of one)
+    input_ids: torch.Tensor  # (1, T) the prompt, oldest history turns dropped to fit the context
+    region_embeds: object  # (R, D) embeddings of every live <region> in the prompt, or None
+    max_new: int  # new tokens allowed
+    decoder: object  # the answer decoder (perception.decoding.answer_decoder) for this image and frame
 
 
 def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:

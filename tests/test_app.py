@@ -353,6 +353,11 @@ def _fake_answer(text, objects=()):
     return stream, calls
 
 
+def _final(stream):
+    """A stand-in for model.chat (the /chat endpoint's batched answers) from a fake stream_chat: its Answer."""
+    return lambda image, message, history, regions: list(stream(image, message, history, regions))[-1]
+
+
 def test_an_answer_with_no_object_renders_cleanly(scene, monkeypatch):
     """"There is no purple star." grounds nothing: the plain image, a short status line, [] as JSON."""
     stream, _ = _fake_answer("There is no purple star.")
@@ -371,7 +376,7 @@ def test_api_answer_with_no_object(scene, scene_file, monkeypatch):
     from app import api
 
     stream, _ = _fake_answer("There are no circles.")
-    monkeypatch.setattr(model, "stream_chat", stream)
+    monkeypatch.setattr(model, "chat", _final(stream))
     text, history, objects, overlay = api.api_chat(scene_file, "Find all the circles.", "[]", "[]")
     assert text == "There are no circles." and objects == [] and len(history) == 2
     assert np.array_equal(np.asarray(overlay), np.asarray(scene.image.convert("RGB")))
@@ -385,6 +390,7 @@ def test_a_follow_up_about_it_carries_the_first_turn(scene, scene_file, monkeypa
     found = Grounding(box=tuple(map(float, o.box)), mask=o.mask, phrase=f"the {o.color} {o.shape}")
     stream, calls = _fake_answer(f"<p>the {o.color} {o.shape}</p><loc>", [found])
     monkeypatch.setattr(model, "stream_chat", stream)
+    monkeypatch.setattr(model, "chat", _final(stream))
     sess = h.set_image(h.new_session(), scene.image)[0]
     sess = run(h.chat(sess, f"Find the {o.color} {o.shape}."))[-1][0]
     run(h.chat(sess, "What color is it?"))

@@ -33,6 +33,7 @@ class Backbone(nn.Module):
     hidden_size: int
     num_image_tokens: int
     lm_prefix: str  # module-name prefix (relative to the backbone) of the language model, for LoRA
+    supports_padded_batch = False  # forward_embeds honours position_ids as given (perception.generation.generate_batch)
 
     def __init__(self, cfg):
         super().__init__()
@@ -54,8 +55,11 @@ class Backbone(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         raise NotImplementedError
 
-    def forward_embeds(self, inputs_embeds, attention_mask=None, past_key_values=None, use_cache=False):
-        """Run the LM. Returns (logits (B,T,V), last-layer hidden (B,T,D), past_key_values)."""
+    def forward_embeds(self, inputs_embeds, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None):
+        """Run the LM. Returns (logits (B,T,V), last-layer hidden (B,T,D), past_key_values).
+
+        attention_mask: (B, past + T), 0 on padding; position_ids: (B, T) rotary positions (default:
+        past .. past + T - 1 for every row; left-padded batches pass them, see ``supports_padded_batch``)."""
         raise NotImplementedError
 
     def resize_token_embeddings(self, n: int) -> None:

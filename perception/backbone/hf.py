@@ -91,14 +91,19 @@ class HFBackbone(Backbone):
         """Model-specific forward arguments (e.g. Qwen2-VL's 3-D position ids); none by default."""
         return {}
 
-    def forward_embeds(self, inputs_embeds, attention_mask=None, past_key_values=None, use_cache=False):
+    def forward_embeds(self, inputs_embeds, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None):
+        extra = self.extra_forward_kwargs(inputs_embeds, attention_mask, past_key_values)
+        if position_ids is not None:
+            if "position_ids" in extra:
+                raise ValueError(f"{type(self).__name__} computes its own position ids; it cannot take them as given")
+            extra["position_ids"] = position_ids
         out = self.model(
             inputs_embeds=inputs_embeds.to(self.model.dtype),
             attention_mask=attention_mask,
             past_key_values=past_key_values,
             use_cache=use_cache,
             output_hidden_states=True,
-            **self.extra_forward_kwargs(inputs_embeds, attention_mask, past_key_values),
+            **extra,
         )
         return out.logits.float(), out.hidden_states[-1].float(), out.past_key_values
 

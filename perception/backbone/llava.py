@@ -15,6 +15,7 @@ from perception.backbone.base import VisualFeatures
 from perception.backbone.hf import HFBackbone
 
 class LlavaBackbone(HFBackbone):
+    supports_padded_batch = True  # LlavaForConditionalGeneration passes position_ids to its Llama
     hf_classes = ("LlavaForConditionalGeneration", "LlavaConfig")
     config_key = "llava_config"
 

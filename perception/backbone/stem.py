@@ -54,6 +54,7 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
 
 class StemLlamaBackbone(Backbone):
     lm_prefix = "llm"
+    supports_padded_batch = True
 
     def __init__(self, cfg, vocab_size: int):
         super().__init__(cfg)
@@ -88,10 +89,11 @@ class StemLlamaBackbone(Backbone):
     def get_input_embeddings(self):
         return self.llm.get_input_embeddings()
 
-    def forward_embeds(self, inputs_embeds, attention_mask=None, past_key_values=None, use_cache=False):
+    def forward_embeds(self, inputs_embeds, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None):
         out = self.llm(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
+            position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
             output_hidden_states=True,
