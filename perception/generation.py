@@ -41,6 +41,8 @@ def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_token
     p = model.prompts
     emb = model.embed(input_ids, state, region_embeds)
     logits, hidden, past = model.backbone.forward_embeds(emb, use_cache=True)
+    if hasattr(decoder, "see_prompt"):  # object-token models point at the prompt's object tokens
+        decoder.see_prompt(input_ids[0], hidden[0])
     last = hidden[0, -1:]
     ids = input_ids[0].tolist()
     T = len(ids)
