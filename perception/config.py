@@ -129,6 +129,7 @@ class ObjectTokensConfig:
     heatmap_sigma: float = 0.15  # Gaussian target: sigma = this x sqrt(object area), in heatmap pixels
     score_threshold: float = 0.3  # a heatmap peak below this probability proposes nothing
     nms_kernel: int = 5  # a peak must be the maximum of its nms_kernel x nms_kernel window
+    duplicate_iou: float = 0.7  # a proposal whose mask overlaps a better proposal's by this IoU is dropped
     drop_prob: float = 0.1  # training: probability that one ground-truth proposal is left out (its <loc>s get no pointer target)
     extra_prob: float = 0.2  # training: probability of one extra, non-object proposal (a random background box)
 
@@ -153,9 +154,9 @@ class LossWeights:
     box_giou: float = 0.5
     click: float = 0.5  # click-to-mask auxiliary (BCE + Dice)
     token_aux: float = 0.5  # dense attribute targets on image tokens (see TokenAuxConfig; off without attributes)
+    region_aux: float = 0.5  # attribute targets on region-encoder outputs (regions and fed-back <loc>s; see TokenAuxConfig)
     pointer: float = 1.0  # object tokens: cross-entropy of the <loc> pointer over the turn's object tokens
     proposal: float = 1.0  # object tokens: focal loss of the centre heatmap
-    region_aux: float = 0.5  # attribute targets on region-encoder outputs (regions and fed-back <loc>s; see TokenAuxConfig)
 
 
 @dataclass

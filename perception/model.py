@@ -6,6 +6,8 @@ Data flow (shapes for B images, T tokens, K perception tokens, R regions):
   Regions -> region_encoder -> (R,D) ; input_ids (B,T) -> embeddings, image tokens and region
   embeddings merged by masked scatter (``merge_placeholders``) -> LM -> logits (B,T,V), hidden (B,T,D)
   ``perception_states`` -> (K,D) -> box_head (K,4) / mask_head (K,h,w)
+Object-token models (``objects.enabled``, perception/objects.py): ``encode_images`` also proposes
+objects (ImageState.objects, K slots), merged into the ``<obj>`` placeholders of every turn.
 """
 
 from __future__ import annotations

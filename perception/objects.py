@@ -38,9 +38,14 @@ from perception.prompting import IGNORE
 from perception.regions import box_mask
 
 
+def objects_on(cfg) -> bool:
+    """Whether PerceptionConfig ``cfg`` has object tokens (the text-box baseline never has)."""
+    return cfg.objects.enabled and cfg.output_mode == "perception"
+
+
 def object_slots(cfg) -> int:
     """Object tokens per turn for PerceptionConfig ``cfg`` (0 when object tokens are off)."""
-    return cfg.objects.max_objects if cfg.objects.enabled else 0
+    return cfg.objects.max_objects if objects_on(cfg) else 0
 
 
 def ensure_object_token(cfg, tokenizer):
@@ -50,7 +55,7 @@ def ensure_object_token(cfg, tokenizer):
     from perception.tokenizer import add_object_token
     from perception.tokens import OBJECT_TOKEN
 
-    if not cfg.objects.enabled or OBJECT_TOKEN in tokenizer.get_vocab():
+    if not objects_on(cfg) or OBJECT_TOKEN in tokenizer.get_vocab():
         return tokenizer
     tokenizer = copy.deepcopy(tokenizer)
     add_object_token(tokenizer)
@@ -135,6 +140,16 @@ def proposal_recall(proposals: list, truths: list, threshold: float = 0.5) -> tu
     return (len(ious) / len(truths) if truths else 1.0), ious
 
 
+def _duplicates(fg: torch.Tensor, bidx: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(P, n) flattened binary masks, best first within each image bidx (P,) -> (P,) bool: the
+    mask overlaps an earlier mask of its image by IoU >= threshold."""
+    inter = fg @ fg.T
+    area = fg.sum(1)
+    iou = inter / (area[:, None] + area[None] - inter).clamp(min=1)
+    earlier = torch.ones_like(iou, dtype=torch.bool).tril(-1) & (bidx[:, None] == bidx[None])
+    return ((iou >= threshold) & earlier).any(1)
+
+
 class ObjectTokens(nn.Module):
     name = "object_tokens"  # the model's attribute; its losses are "pointer" and "proposal"
 
@@ -149,22 +164,26 @@ class ObjectTokens(nn.Module):
         self.query = nn.Linear(dim, oc.pointer_dim)
         self.key = nn.Linear(dim, oc.pointer_dim)
 
-    @staticmethod
-    def enabled(cfg) -> bool:
-        return cfg.objects.enabled and cfg.output_mode == "perception"
+    enabled = staticmethod(objects_on)
 
     # --- proposals -> object tokens -----------------------------------------------------------
     def propose(self, mask_head, region_encoder, feats) -> ObjectSet:
-        """Heatmap peaks -> clicks -> proposal masks (mask head's click path) -> ObjectSet."""
+        """Heatmap peaks -> clicks -> proposal masks (mask head's click path) -> ObjectSet, best
+        first. A proposal whose mask overlaps a better one's by IoU >= ``duplicate_iou`` (two peaks
+        on one object) is dropped, so one object is one token."""
         oc = self.cfg.objects
         B = feats.pixels.shape[0]
         points, bidx, slot, score = heatmap_peaks(self.proposal_head(feats.pixels), self.k, oc.score_threshold, oc.nms_kernel)
         logits = mask_head.from_points(feats, points, bidx)
+        fg = (logits.sigmoid() > self.cfg.mask_head.mask_threshold).float()
+        keep = ~_duplicates(fg.flatten(1), bidx, oc.duplicate_iou)
         masks = logits.new_zeros((B, self.k, *logits.shape[-2:]))
-        masks[bidx, slot] = (logits.sigmoid() > self.cfg.mask_head.mask_threshold).to(masks.dtype)
+        masks[bidx, slot] = fg.to(masks.dtype)
         scores = logits.new_zeros((B, self.k))
         scores[bidx, slot] = score.to(scores.dtype)
-        return self.from_masks(region_encoder, feats, masks, masks.flatten(2).amax(-1) > 0, scores)
+        valid = torch.zeros(B, self.k, dtype=torch.bool, device=masks.device)
+        valid[bidx, slot] = keep
+        return self.from_masks(region_encoder, feats, masks, valid, scores)
 
     def from_masks(self, region_encoder, feats, masks: torch.Tensor, valid: torch.Tensor, scores=None) -> ObjectSet:
         """Given proposals ("oracle": ground-truth masks) -> ObjectSet. masks (B, K, m, m) in [0, 1]

@@ -240,6 +240,20 @@ def test_matching_and_recall():
     assert recall == 0.5 and ious == [1.0]
 
 
+def test_two_peaks_on_one_object_are_one_proposal():
+    from perception.objects import _duplicates
+
+    a = torch.zeros(4, 4)
+    a[:2, :2] = 1
+    almost_a = a.clone()
+    almost_a[2, 0] = 1  # IoU 0.8 with a
+    b = torch.zeros(4, 4)
+    b[2:, 2:] = 1
+    fg = torch.stack([a, almost_a, b, a]).flatten(1)
+    # rows 0-2 are one image (best first), row 3 another image: a copy of a there is no duplicate
+    assert _duplicates(fg, torch.tensor([0, 0, 0, 1]), 0.7).tolist() == [False, True, False, False]
+
+
 def test_save_load_round_trip_keeps_the_object_parts(objects_model, tmp_path, scene):
     from perception.checkpoint import from_pretrained, save_pretrained
 
