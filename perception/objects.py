@@ -269,3 +269,26 @@ class ObjectTokens(nn.Module):
                                   for g in gt])
         out["proposal"] = centre_focal_loss(heat, target_map)
         return out
+
+
+@torch.no_grad()
+def proposal_quality(model, samples: list, threshold: float = 0.5) -> dict:
+    """The proposal step measured on ``samples`` (perception.data Samples with ground-truth masks):
+    {"recall": objects matched by a proposal at mask IoU >= threshold / objects, "matched_miou":
+    mean IoU of the matched pairs, "proposals_per_image", "objects"}. Masks are compared in
+    input-image pixels, after the proposals' masks are mapped back through each image's frame."""
+    from perception.geometry import ImageFrame
+
+    cfg = model.config
+    found, ious, n_props, n_objs = 0, [], 0, 0
+    for s in samples:
+        frame = ImageFrame(*s.image.size, cfg.backbone.image_size, cfg.backbone.resize_mode)
+        state = model.encode_images(model.backbone.preprocess(s.image)[None].to(model.device), propose=False)
+        objs = model.object_tokens.propose(model.mask_head, model.region_encoder, state.mask)
+        keep = objs.valid[0].nonzero().flatten()
+        props = [(frame.logits_to_pixels(objs.masks[0, j][None].float())[0] >= 0.5).cpu().numpy() for j in keep.tolist()]
+        _, pair_ious = proposal_recall(props, list(s.masks), threshold)
+        found, ious = found + len(pair_ious), ious + pair_ious
+        n_props, n_objs = n_props + len(props), n_objs + len(s.masks)
+    return {"recall": found / max(1, n_objs), "matched_miou": float(np.mean(ious)) if ious else 0.0,
+            "proposals_per_image": n_props / max(1, len(samples)), "objects": n_objs}

@@ -240,6 +240,23 @@ def test_matching_and_recall():
     assert recall == 0.5 and ious == [1.0]
 
 
+def test_proposal_quality_reports_recall_and_matched_miou(objects_model, monkeypatch):
+    """Proposals that are the ground truth (through the model frame and back) give recall 1 and a
+    high matched mIoU; no proposals give recall 0."""
+    from perception.data.shapesref import make_sample
+    from perception.objects import proposal_quality
+
+    sample = make_sample(5, tasks=["ground_A"], n_objects=3)
+    _, truth_state, _ = _state_with_truths(objects_model, sample)
+    ot = objects_model.object_tokens
+    monkeypatch.setattr(ot, "propose", lambda *a: truth_state.objects)
+    q = proposal_quality(objects_model, [sample])
+    assert q["objects"] == 3 and q["recall"] == 1.0 and q["matched_miou"] > 0.8 and q["proposals_per_image"] == 3
+    none = dataclasses.replace(truth_state.objects, valid=torch.zeros_like(truth_state.objects.valid))
+    monkeypatch.setattr(ot, "propose", lambda *a: none)
+    assert proposal_quality(objects_model, [sample])["recall"] == 0.0
+
+
 def test_two_peaks_on_one_object_are_one_proposal():
     from perception.objects import _duplicates
 
