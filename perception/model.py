@@ -164,8 +164,7 @@ class PerceptionModel(nn.Module):
         img = state.visual.tokens[has_image].reshape(-1, emb.shape[-1]) if has_image.any() else None
         parts = [(self.prompts.image_id, img, "image"), (self.prompts.region_id, region_embeds, "region")]
         if self.prompts.object_id is not None:
-            objs = None if state.objects is None else placeholder_values(input_ids, self.prompts.object_id, state.objects.embeds)
-            parts.append((self.prompts.object_id, objs, "object"))
+            parts.append((self.prompts.object_id, placeholder_values(input_ids, self.prompts.object_id, state.objects), "object"))
         emb = merge_placeholders(emb, input_ids, parts)
         if loc_feedback is not None and loc_feedback[1].shape[0]:
             is_fed, fb = loc_feedback

@@ -107,9 +107,14 @@ def turn_object_states(hidden, input_ids, object_id: int, k: int, bidx, pos) -> 
     return torch.stack(out) if out else hidden.new_zeros(0, k, hidden.shape[-1])
 
 
-def placeholder_values(input_ids, object_id: int, embeds: torch.Tensor) -> torch.Tensor:
-    """(B, T) ids, (B, K, D) object embeddings -> (n, D) values for the ``<obj>`` ids in row-major
-    order: each row's K embeddings once per turn. ValueError when a row's count is not a multiple of K."""
+def placeholder_values(input_ids, object_id: int, objects) -> torch.Tensor:
+    """(B, T) ids, an ObjectSet of B images (or None) -> (n, D) values for the ``<obj>`` ids in
+    row-major order: each row's K embeddings once per turn. ValueError when there are no proposals
+    (``objects.proposals: oracle`` leaves them to the caller) or a row's count is not a multiple of K."""
+    if objects is None:
+        raise ValueError("the prompt has object tokens but the image state has no proposals: with objects.proposals "
+                         "'oracle' set ImageState.objects (ObjectTokens.from_masks) before embedding")
+    embeds = objects.embeds
     K = embeds.shape[1]
     counts = (input_ids == object_id).sum(1).tolist()
     rows = []

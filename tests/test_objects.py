@@ -122,6 +122,9 @@ def test_ground_truth_masks_as_proposals_come_back_as_the_object_tokens(objects_
     at = (ids[0] == model.prompts.object_id).nonzero().flatten()
     assert len(at) == 2 * K
     assert torch.allclose(emb[0, at], objs.embeds[0].repeat(2, 1))
+    state.objects = None  # "oracle" mode without the caller's masks: a clear error, not a silent prompt
+    with pytest.raises(ValueError, match="no proposals"):
+        model.embed(ids, state)
 
 
 @pytest.mark.parametrize("turns", [1, 2, 3])
