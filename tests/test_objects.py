@@ -309,3 +309,15 @@ def test_tiny_llava_with_object_tokens_trains_and_chats(tiny_tokenizer, scene):
     answer = Pipeline(model).chat(scene.image, "Find the red circle.")
     again = Pipeline(model).chat(scene.image, "And the blue one?", history=answer.history)
     assert isinstance(again.text, str)
+
+
+def test_the_v2_recipe_trains_tiny_objects_on_v1_and_v2_from_random_init():
+    from pathlib import Path
+
+    from perception.config import DataConfig
+    from perception.train import load_train_config
+
+    tc = load_train_config(str(Path(__file__).resolve().parent.parent / "configs" / "tiny_shapesref_v2.yaml"), [])
+    assert tc.model == "tiny-objects" and tc.init_from is None
+    assert tc.data.tasks == DataConfig().tasks and tc.data.weights == DataConfig().weights
+    assert tc.warmup < tc.steps
