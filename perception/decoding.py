@@ -53,7 +53,7 @@ class ObjectDecoder:
         self.decoded: list[Grounding] = []
         self._bidx = torch.tensor([bidx], dtype=torch.long, device=state.mask.pixels.device)
         self._claimed = np.zeros((frame.height, frame.width), bool)  # pixels earlier <loc>s took
-        self._pointer = getattr(model, "object_tokens", None) if state.objects is not None else None
+        self._pointer = getattr(model, "object_tokens", None) if getattr(state, "objects", None) is not None else None
         self._object_states = None  # (K, D) the current turn's object-token states (see_prompt)
         self._chosen = torch.zeros(model.config.objects.max_objects, dtype=torch.bool, device=self._bidx.device)
 
