@@ -112,6 +112,29 @@ class TokenAuxConfig:
 
 
 @dataclass
+class ObjectTokensConfig:
+    """Question-aware object tokens (perception/objects.py; off by default: the paper's path).
+
+    Proposals (a centre heatmap's peaks clicked through the mask head, or given masks: "oracle")
+    each become one ``<obj>`` token: the region encoder's embedding of the proposal's mask and box
+    plus a separate projection of Fourier features of its box centre and size. The tokens stand
+    after the user's text of every turn; a pointer from each ``<loc>`` state picks one of them.
+    """
+
+    enabled: bool = False
+    max_objects: int = 8  # object-token slots per turn (unused slots carry a learned "empty" embedding)
+    position_freqs: int = 8  # Fourier frequencies per coordinate of (cx, cy, w, h): 4 x 2 x this features
+    pointer_dim: int = 64  # width of the pointer's query / key projections
+    proposals: str = "heatmap"  # inference proposals: "heatmap" (learned centres -> clicks) | "oracle" (masks given by the caller)
+    heatmap_sigma: float = 0.15  # Gaussian target: sigma = this x sqrt(object area), in heatmap pixels
+    score_threshold: float = 0.3  # a heatmap peak below this probability proposes nothing
+    nms_kernel: int = 5  # a peak must be the maximum of its nms_kernel x nms_kernel window
+    duplicate_iou: float = 0.7  # a proposal whose mask overlaps a better proposal's by this IoU is dropped
+    drop_prob: float = 0.1  # training: probability that one ground-truth proposal is left out (its <loc>s get no pointer target)
+    extra_prob: float = 0.2  # training: probability of one extra, non-object proposal (a random background box)
+
+
+@dataclass
 class LoraSettings:
     """LoRA on the language model only (peft). Off for from-scratch presets."""
 
@@ -132,6 +155,8 @@ class LossWeights:
     click: float = 0.5  # click-to-mask auxiliary (BCE + Dice)
     token_aux: float = 0.5  # dense attribute targets on image tokens (see TokenAuxConfig; off without attributes)
     region_aux: float = 0.5  # attribute targets on region-encoder outputs (regions and fed-back <loc>s; see TokenAuxConfig)
+    pointer: float = 1.0  # object tokens: cross-entropy of the <loc> pointer over the turn's object tokens
+    proposal: float = 1.0  # object tokens: focal loss of the centre heatmap
 
 
 @dataclass
@@ -143,6 +168,7 @@ class PerceptionConfig:
     region: RegionEncoderConfig = field(default_factory=RegionEncoderConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     token_aux: TokenAuxConfig = field(default_factory=TokenAuxConfig)
+    objects: ObjectTokensConfig = field(default_factory=ObjectTokensConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     max_new_tokens: int = 96  # generation cap per answer
     loc_feedback: bool = True  # each generated <loc>'s decoded mask, through the region encoder, is added to that <loc>'s input embedding (the LM sees what it grounded)

@@ -6,6 +6,8 @@ Data flow (shapes for B images, T tokens, K perception tokens, R regions):
   Regions -> region_encoder -> (R,D) ; input_ids (B,T) -> embeddings, image tokens and region
   embeddings merged by masked scatter (``merge_placeholders``) -> LM -> logits (B,T,V), hidden (B,T,D)
   ``perception_states`` -> (K,D) -> box_head (K,4) / mask_head (K,h,w)
+Object-token models (``objects.enabled``, perception/objects.py): ``encode_images`` also proposes
+objects (ImageState.objects, K slots), merged into the ``<obj>`` placeholders of every turn.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from perception.config import PerceptionConfig
 from perception.geometry import boxes_of_masks, context_boxes
 from perception.heads import BoxHead, RegionEncoder, build_mask_head
 from perception.heads.aux import AuxInputs, enabled_aux_heads
+from perception.objects import ensure_object_token, object_slots, placeholder_values
 from perception.prompting import IGNORE, PromptEncoder
 
 
@@ -69,18 +72,20 @@ class ImageState:
 
     visual: object  # VisualFeatures
     mask: object  # MaskFeatures
+    objects: object = None  # ObjectSet (perception/objects.py) of object-token models, else None
 
     def select(self, index) -> "ImageState":
-        return ImageState(self.visual.select(index), self.mask.select(index))
+        objects = None if self.objects is None else self.objects.select(index)
+        return ImageState(self.visual.select(index), self.mask.select(index), objects)
 
 
 class PerceptionModel(nn.Module):
     def __init__(self, config: PerceptionConfig, tokenizer, pretrained_backbone: bool = True):
         super().__init__()
         self.config = config
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer = ensure_object_token(config, tokenizer)
         self.backbone = build_backbone(config.backbone, len(tokenizer), pretrained=pretrained_backbone)
-        self.prompts = PromptEncoder(tokenizer, self.backbone.num_image_tokens)
+        self.prompts = PromptEncoder(tokenizer, self.backbone.num_image_tokens, object_slots(config))
         if hasattr(self.backbone, "set_image_token_id"):
             self.backbone.set_image_token_id(self.prompts.image_id)
         D = self.backbone.hidden_size
@@ -113,9 +118,14 @@ class PerceptionModel(nn.Module):
         return self.prompts.loc_id
 
     # --- images and regions -------------------------------------------------------------------
-    def encode_images(self, pixel_values, mask_pixel_values=None) -> ImageState:
+    def encode_images(self, pixel_values, mask_pixel_values=None, propose: bool = True) -> ImageState:
+        """Image features; with object tokens also the proposals (``propose``; training gives its own)."""
         vis = self.backbone.encode_images(pixel_values)
-        return ImageState(vis, self.mask_head.features(vis, mask_pixel_values))
+        state = ImageState(vis, self.mask_head.features(vis, mask_pixel_values))
+        ot = getattr(self, "object_tokens", None)
+        if ot is not None and propose and self.config.objects.proposals == "heatmap":
+            state.objects = ot.propose(self.mask_head, self.region_encoder, state.mask)
+        return state
 
     def encode_regions(self, state: ImageState, regions):
         """``Regions`` (perception/regions.py, normalised model frame) -> (R, D) embeddings, or None.
@@ -152,8 +162,10 @@ class PerceptionModel(nn.Module):
         emb = self.backbone.embed_tokens(input_ids)
         has_image = (input_ids == self.prompts.image_id).any(1)
         img = state.visual.tokens[has_image].reshape(-1, emb.shape[-1]) if has_image.any() else None
-        emb = merge_placeholders(emb, input_ids, [(self.prompts.image_id, img, "image"),
-                                                  (self.prompts.region_id, region_embeds, "region")])
+        parts = [(self.prompts.image_id, img, "image"), (self.prompts.region_id, region_embeds, "region")]
+        if self.prompts.object_id is not None:
+            parts.append((self.prompts.object_id, placeholder_values(input_ids, self.prompts.object_id, state.objects), "object"))
+        emb = merge_placeholders(emb, input_ids, parts)
         if loc_feedback is not None and loc_feedback[1].shape[0]:
             is_fed, fb = loc_feedback
             pos = (input_ids == self.loc_id).nonzero(as_tuple=True)
@@ -183,7 +195,9 @@ class PerceptionModel(nn.Module):
         and each enabled auxiliary head's targets.
         """
         w = self.config.loss
-        state = self.encode_images(batch["pixel_values"], batch.get("mask_pixel_values"))
+        state = self.encode_images(batch["pixel_values"], batch.get("mask_pixel_values"), propose=False)
+        if "object_masks" in batch:
+            state.objects = self.object_tokens.from_batch(self.region_encoder, state.mask, batch)
         region_embeds = self.encode_regions(state, batch.get("regions"))
         fed, fb = batch.get("loc_fed"), None
         if self.config.loc_feedback and fed is not None and bool(fed.any()):
@@ -205,10 +219,13 @@ class PerceptionModel(nn.Module):
             clog = self.mask_head.from_points(state.mask, clicks["points"], clicks["bidx"])
             ct = L.mask_to_size(clicks["masks"].to(clog.dtype), clog.shape[-2:])
             out["click"] = L.sigmoid_bce(clog, ct) + L.dice(clog, ct)
-        aux_in = AuxInputs(hidden, batch["input_ids"], self.prompts.image_id, region_embeds, fed, fb)
+        aux_in = AuxInputs(hidden, batch["input_ids"], self.prompts.image_id, region_embeds, fed, fb,
+                           state, self.loc_id, self.prompts.object_id)
         for name in self.aux_names:
             value = getattr(self, name).loss(aux_in, batch)
-            if value is not None:
+            if isinstance(value, dict):
+                out.update(value)
+            elif value is not None:
                 out[name] = value
         out["loss"] = sum(getattr(w, k) * v for k, v in out.items())
         return out

@@ -4,6 +4,11 @@ Layout (LLaVA-1.5's): ``<s>USER: <image>xN\n{user1} ASSISTANT: {answer1}</s>USER
 where ``<image>xN`` is N image-token ids (replaced by image features) and each ``<regionK>`` in a
 user message becomes one ``<region>`` id (replaced by a region embedding).
 
+With object tokens (``num_object_tokens`` = K > 0) every turn, replayed history included, carries
+K ``<obj>`` ids after the user's text: ``USER: {user} <obj>xK ASSISTANT:``. Each is replaced by one
+proposal's embedding (perception/objects.py), and standing after the question they can already
+attend to what is asked.
+
 User text is tokenized with special tokens split, so typed ``<image>``/``<loc>`` stay plain text.
 Assistant text may contain only ``<p>``, ``</p>`` and ``<loc>`` as special tokens; anything else
 special-looking in it (history can come from outside) is plain text too.
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 
 from perception.tokens import (
     IMAGE_TOKEN,
+    OBJECT_TOKEN,
     PERCEPTION_TOKEN,
     PHRASE_CLOSE,
     PHRASE_OPEN,
@@ -35,12 +41,20 @@ class Encoded:
 
 
 class PromptEncoder:
-    """Turns conversations into ids for one tokenizer and one image-token count."""
+    """Turns conversations into ids for one tokenizer, one image-token count and one object-token
+    count per turn (0: no object tokens; the tokenizer must then hold ``<obj>`` otherwise)."""
 
-    def __init__(self, tokenizer, num_image_tokens: int):
+    def __init__(self, tokenizer, num_image_tokens: int, num_object_tokens: int = 0):
         self.tok = tokenizer
         self.n_image = num_image_tokens
+        self.n_object = num_object_tokens
         ids = tokenizer.convert_tokens_to_ids
+        self.object_id = None
+        if num_object_tokens:
+            if OBJECT_TOKEN not in tokenizer.get_vocab():
+                raise ValueError(f"{num_object_tokens} object tokens per turn requested but the tokenizer has no "
+                                 f"{OBJECT_TOKEN} token (perception.tokenizer.add_object_token adds it)")
+            self.object_id = ids(OBJECT_TOKEN)
         self.image_id = ids(IMAGE_TOKEN)
         self.region_id = ids(REGION_TOKEN)
         self.loc_id = ids(PERCEPTION_TOKEN)
@@ -90,7 +104,10 @@ class PromptEncoder:
                 enc.region_order += [(i, n) for n in numbers]
             else:
                 u = self.text(user)
-            ids += u + self._assistant
+            ids += u
+            if self.n_object:
+                ids += self._space + [self.object_id] * self.n_object
+            ids += self._assistant
             labels += [IGNORE] * (len(ids) - len(labels))
             if answer is None:
                 if i != len(turns) - 1 or not add_generation_prompt:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 
-from perception.tokens import SPECIAL_TOKENS
+from perception.tokens import OBJECT_TOKEN, SPECIAL_TOKENS
 
 _COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 _SHAPES = ["circle", "square", "triangle", "star", "hexagon"]
@@ -68,3 +68,11 @@ def add_special_tokens(tokenizer) -> int:
     return tokenizer.add_special_tokens(
         {"additional_special_tokens": missing}, replace_extra_special_tokens=False
     )
+
+
+def add_object_token(tokenizer) -> int:
+    """Add ``<obj>`` (object-token models only) after every other token, so existing ids stay put.
+    Returns how many tokens were added (0 when the tokenizer has it already)."""
+    if OBJECT_TOKEN in tokenizer.get_vocab():
+        return 0
+    return tokenizer.add_special_tokens({"additional_special_tokens": [OBJECT_TOKEN]}, replace_extra_special_tokens=False)

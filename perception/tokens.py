@@ -21,6 +21,9 @@ REGION_TOKEN = "<region>"
 PHRASE_OPEN = "<p>"
 PHRASE_CLOSE = "</p>"
 SPECIAL_TOKENS = [IMAGE_TOKEN, PERCEPTION_TOKEN, REGION_TOKEN, PHRASE_OPEN, PHRASE_CLOSE]
+# One object token per proposal (``objects.enabled`` models only): added to the tokenizer after
+# SPECIAL_TOKENS, by ``perception.tokenizer.add_object_token``, so no existing id moves.
+OBJECT_TOKEN = "<obj>"
 
 REGION_PLACEHOLDER = re.compile(r"<region(\d+)>")
 _MARKUP = re.compile(r"<p>((?:(?!<loc>|<p>).)*?)</p>((?:\s*<loc>)*)|<loc>", re.S)
@@ -87,7 +90,7 @@ def parse_answer(raw: str) -> ParsedAnswer:
         last = m.end()
     out.append(raw[last:])
     text = "".join(out)
-    for tok in (PHRASE_OPEN, PHRASE_CLOSE, PERCEPTION_TOKEN, IMAGE_TOKEN, REGION_TOKEN):
+    for tok in (PHRASE_OPEN, PHRASE_CLOSE, PERCEPTION_TOKEN, IMAGE_TOKEN, REGION_TOKEN, OBJECT_TOKEN):
         text = text.replace(tok, "")
     text = re.sub(r"[ \t]+", " ", text).strip()
     return ParsedAnswer(text=text, phrases=phrases)

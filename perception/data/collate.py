@@ -11,6 +11,7 @@ import torch
 from perception.data.sample import Sample
 from perception.geometry import ImageFrame, box_iou, mask_iou
 from perception.heads.aux import SampleObjects
+from perception.objects import object_slots
 from perception.processing import backbone_pixels, mask_side, sam_pixels
 from perception.prompting import IGNORE, PromptEncoder
 from perception.regions import Regions
@@ -30,7 +31,7 @@ class Collator:
         from perception.heads.aux import enabled_aux_heads
 
         self.config = config
-        self.prompts = PromptEncoder(tokenizer, num_image_tokens)
+        self.prompts = PromptEncoder(tokenizer, num_image_tokens, object_slots(config))
         self.side = mask_side(config)
         self.region_side = config.region.mask_size * 2
         self.token_grid = int(round(num_image_tokens ** 0.5))  # image tokens form a square grid (token targets)
@@ -63,7 +64,7 @@ class Collator:
             regions += [(r, frame, b) for r in placed]
             teacher += [self._teacher_mask(s, r) for r in placed]
             clicks += [(b, frame, s.masks[k]) for k in self._click_objects(s)]
-            objs = SampleObjects(s, frame, self.token_grid, [k for _, k in locs], [region_object(s, r) for r in placed])
+            objs = SampleObjects(s, frame, self.token_grid, [k for _, k in locs], [region_object(s, r) for r in placed], self.rng)
             for head in self.aux:
                 for key, value in head.sample_targets(self.config, objs).items():
                     aux.setdefault(key, []).append(value)

@@ -12,6 +12,10 @@ layer (``copies`` x G classifications over "none" + the group's words):
   fed-back ``<loc>``'s object -- predicts its object's words, so the embedding the LM reads
   carries the object's shape, not only its position and colour.
 
+- ``ObjectTokens`` (perception/objects.py; ``objects.enabled``): unlike the read-outs it also runs
+  at inference (proposals, object tokens, the ``<loc>`` pointer); here it declares its collation
+  targets and its losses ``pointer`` and ``proposal`` (``loss`` may return a dict of named parts).
+
 Collation (``sample_targets``) returns, per sample, tensors whose first dimension is concatenated
 over the batch; ``loss`` reads those and the forward pass's ``AuxInputs``.
 """
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from perception.data.token_targets import object_targets, token_targets
+from perception.objects import ObjectTokens
 from perception.prompting import IGNORE
 
 
@@ -35,7 +40,8 @@ class AuxInputs:
 
     hidden (B, T, D) last-layer states; input_ids (B, T); image_id: the image placeholder id;
     region_embeds (R, D) or None; fed (K,) bool over the batch's <loc>s, feedback (F, D) the
-    embeddings fed to the ``fed`` ones (F = fed.sum()), or None.
+    embeddings fed to the ``fed`` ones (F = fed.sum()), or None; state the batch's ImageState;
+    loc_id / object_id the ``<loc>`` and ``<obj>`` ids (object_id None without object tokens).
     """
 
     hidden: torch.Tensor
@@ -44,19 +50,24 @@ class AuxInputs:
     region_embeds: Optional[torch.Tensor]
     fed: Optional[torch.Tensor]
     feedback: Optional[torch.Tensor]
+    state: object = None
+    loc_id: Optional[int] = None
+    object_id: Optional[int] = None
 
 
 @dataclass
 class SampleObjects:
     """One sample's objects as collation sees them: ``frame`` its ImageFrame, ``grid`` the side of
     the square image-token grid, ``loc_objects`` the object index of each <loc> (all turns, in
-    order), ``region_objects`` the object index (or None) of each region, in placeholder order."""
+    order), ``region_objects`` the object index (or None) of each region, in placeholder order,
+    ``rng`` the collator's numpy Generator (random choices in targets)."""
 
     sample: object
     frame: object
     grid: int
     loc_objects: list
     region_objects: list
+    rng: object = None
 
 
 class _AttributeReadout(nn.Module):
@@ -134,7 +145,7 @@ class RegionAttributes(_AttributeReadout):
         return self.readout_loss(torch.cat(vecs), torch.cat(tgts)) if vecs else None
 
 
-AUX_HEADS = (TokenAttributes, RegionAttributes)  # a new auxiliary head is one more entry here
+AUX_HEADS = (TokenAttributes, RegionAttributes, ObjectTokens)  # a new auxiliary head is one more entry here
 
 
 def enabled_aux_heads(cfg) -> list:

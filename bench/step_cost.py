@@ -1,0 +1,65 @@
+"""Training-step cost of presets on the same samples: forward + backward + AdamW, batch 16.
+
+    python bench/step_cost.py [--presets tiny tiny-objects] [--steps 4] [--threads 2]
+
+Steps alternate between the presets (the same ShapesRef v1 + v2 samples for each, DataConfig's
+default task mix), so a loaded machine slows them alike; the first step of each is a warm-up and
+is not counted. Prints per preset the mean CPU seconds (this process) and wall seconds per step
+and the prompt lengths. On a shared machine only the ratio between presets means much.
+Used in configs/tiny_shapesref_v2.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from perception.config import DataConfig  # noqa: E402
+from perception.data.collate import Collator  # noqa: E402
+from perception.data.shapesref import make_sample  # noqa: E402
+from perception.model import PerceptionModel  # noqa: E402
+from perception.presets import get_preset  # noqa: E402
+from perception.tokenizer import build_tiny_tokenizer  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "tiny-objects"])
+    ap.add_argument("--steps", type=int, default=4, help="steps per preset, the first one a warm-up")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+    if args.steps < 2:
+        raise SystemExit("--steps must be at least 2 (the first is a warm-up)")
+    torch.set_num_threads(args.threads)
+    data, tok = DataConfig(), build_tiny_tokenizer()
+    runs = {}
+    for name in args.presets:
+        torch.manual_seed(0)
+        m = PerceptionModel(get_preset(name), tok).train()
+        col = Collator(m.config, m.tokenizer, m.backbone.num_image_tokens, seed=0)
+        runs[name] = (m, col, torch.optim.AdamW(m.parameters(), lr=1e-4), [])
+    for step in range(args.steps):
+        samples = [make_sample(1000 * step + i, tasks=data.tasks, weights=data.weights) for i in range(args.batch)]
+        for m, col, opt, times in runs.values():
+            batch = col(samples)
+            cpu, wall = time.process_time(), time.time()
+            loss = m(batch)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append((time.process_time() - cpu, time.time() - wall, batch["input_ids"].shape[1]))
+    for name, (_, _, _, times) in runs.items():
+        t = times[1:]
+        print(f"{name}: {sum(x[0] for x in t) / len(t):.2f} CPU s/step, {sum(x[1] for x in t) / len(t):.2f} wall s/step, "
+              f"prompt tokens {[x[2] for x in t]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Question-aware object tokens and the ``<loc>`` pointer (``objects.enabled``; off by default).
+
+Flow (B images, K = ``objects.max_objects`` slots, D the LM width, m the mask head's output side):
+
+  mask features (B, C, h, w) --ProposalHead--> centre heatmap --peaks--> clicks --mask_head.from_points-->
+  proposal masks (B, K, m, m) [or masks given by the caller: "oracle", and training's ground truth]
+  each valid slot: region_encoder(box, mask, features) + Linear(Fourier(cx, cy, w, h)) -> (B, K, D)
+  an empty slot: one learned embedding
+
+Every turn of the prompt carries the K tokens after the user's text (perception/prompting.py):
+``USER: {text} <obj>xK ASSISTANT:``, so each object token can attend to the question. At each
+``<loc>``, the state that predicted it (perception_states' rule) scores the current turn's
+object-token states (last layer): q(state) . k(obj) / sqrt(P), empty slots excluded. Training:
+cross-entropy against the slot of the ``<loc>``'s object (``loc_slots``; IGNORE when its object
+has no proposal). Inference (perception/decoding.py): the best slot no earlier ``<loc>`` of the
+answer took; its proposal mask and box are the object, and the mask is what ``<loc>`` feedback
+feeds back. An answer about an absent object has no ``<loc>``: the LM writes it.
+
+``ObjectTokens`` is also an auxiliary-head entry (perception/heads/aux.py): it declares its
+collation targets (ground-truth masks as proposals, shuffled, sometimes one dropped or one extra
+background box) and its two losses, "pointer" and "proposal" (centre heatmap focal loss).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from perception.geometry import boxes_of_masks, mask_iou
+from perception.heads.proposals import ProposalHead, centre_focal_loss, centre_heatmap, heatmap_peaks
+from perception.prompting import IGNORE
+from perception.regions import box_mask
+
+
+def objects_on(cfg) -> bool:
+    """Whether PerceptionConfig ``cfg`` has object tokens (the text-box baseline never has)."""
+    return cfg.objects.enabled and cfg.output_mode == "perception"
+
+
+def object_slots(cfg) -> int:
+    """Object tokens per turn for PerceptionConfig ``cfg`` (0 when object tokens are off)."""
+    return cfg.objects.max_objects if objects_on(cfg) else 0
+
+
+def ensure_object_token(cfg, tokenizer):
+    """The tokenizer an object-token model uses: ``tokenizer`` itself when it has ``<obj>`` or
+    object tokens are off, else a copy with ``<obj>`` added after every other id (the caller's
+    tokenizer is never changed: other models may share it)."""
+    from perception.tokenizer import add_object_token
+    from perception.tokens import OBJECT_TOKEN
+
+    if not objects_on(cfg) or OBJECT_TOKEN in tokenizer.get_vocab():
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    add_object_token(tokenizer)
+    return tokenizer
+
+
+@dataclass
+class ObjectSet:
+    """The proposals of a batch of images, in slot order (model frame).
+
+    masks (B, K, m, m) in [0, 1]; boxes (B, K, 4) normalised corners (zeros when empty);
+    valid (B, K) bool (a slot holds a proposal); scores (B, K) proposal confidence (1 when given);
+    embeds (B, K, D) the object-token input embeddings.
+    """
+
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    valid: torch.Tensor
+    scores: torch.Tensor
+    embeds: torch.Tensor
+
+    def select(self, index) -> "ObjectSet":
+        return ObjectSet(*(t[index] for t in (self.masks, self.boxes, self.valid, self.scores, self.embeds)))
+
+
+def fourier_positions(boxes: torch.Tensor, freqs: int) -> torch.Tensor:
+    """(N, 4) normalised corners -> (N, 8 * freqs): sin and cos of pi * 2^i * (cx, cy, w, h), i < freqs."""
+    b = boxes.float()
+    v = torch.cat([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], -1)  # (N, 4)
+    f = math.pi * 2.0 ** torch.arange(freqs, device=b.device, dtype=torch.float32)
+    ang = (v[..., None] * f).flatten(1)
+    return torch.cat([ang.sin(), ang.cos()], -1)
+
+
+def turn_object_states(hidden, input_ids, object_id: int, k: int, bidx, pos) -> torch.Tensor:
+    """The object-token states of the turn each position is in: for position ``pos[i]`` of row
+    ``bidx[i]``, the states (last layer) at the last ``k`` ``<obj>`` ids before it.
+
+    hidden (B, T, D); input_ids (B, T); bidx, pos (L,). Returns (L, k, D). ValueError when a
+    position has fewer than ``k`` object tokens before it.
+    """
+    is_obj = input_ids == object_id
+    out = []
+    for b, t in zip(bidx.tolist(), pos.tolist()):
+        p = is_obj[b, :t].nonzero().flatten()
+        if len(p) < k:
+            raise ValueError(f"position {t} of row {b} has {len(p)} object token(s) before it; each turn needs {k}")
+        out.append(hidden[b, p[-k:]])
+    return torch.stack(out) if out else hidden.new_zeros(0, k, hidden.shape[-1])
+
+
+def placeholder_values(input_ids, object_id: int, objects) -> torch.Tensor:
+    """(B, T) ids, an ObjectSet of B images (or None) -> (n, D) values for the ``<obj>`` ids in
+    row-major order: each row's K embeddings once per turn. ValueError when there are no proposals
+    (``objects.proposals: oracle`` leaves them to the caller) or a row's count is not a multiple of K."""
+    if objects is None:
+        raise ValueError("the prompt has object tokens but the image state has no proposals: with objects.proposals "
+                         "'oracle' set ImageState.objects (ObjectTokens.from_masks) before embedding")
+    embeds = objects.embeds
+    K = embeds.shape[1]
+    counts = (input_ids == object_id).sum(1).tolist()
+    rows = []
+    for b, n in enumerate(counts):
+        if n % K:
+            raise ValueError(f"row {b} has {n} object token(s), not a whole number of turns of {K}")
+        rows.append(embeds[b].repeat(n // K, 1))
+    return torch.cat(rows)
+
+
+def match_proposals(proposals: list, truths: list, threshold: float = 0.5) -> list:
+    """Greedy one-to-one matching by mask IoU (bool H x W arrays, same frame). Returns, per truth, the
+    index of its proposal (IoU >= threshold) or None; the best pairs are matched first."""
+    pairs = sorted(((mask_iou(p, t), i, j) for i, p in enumerate(proposals) for j, t in enumerate(truths)), reverse=True)
+    used, match = set(), [None] * len(truths)
+    for iou, i, j in pairs:
+        if iou >= threshold and i not in used and match[j] is None:
+            used.add(i)
+            match[j] = i
+    return match
+
+
+def proposal_recall(proposals: list, truths: list, threshold: float = 0.5) -> tuple[float, list]:
+    """Recall at ``threshold`` of ``truths`` by ``proposals`` (``match_proposals``) and the IoUs of
+    the matched pairs (their mean is the matched-proposal mIoU)."""
+    match = match_proposals(proposals, truths, threshold)
+    ious = [mask_iou(proposals[i], t) for i, t in zip(match, truths) if i is not None]
+    return (len(ious) / len(truths) if truths else 1.0), ious
+
+
+def _duplicates(fg: torch.Tensor, bidx: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(P, n) flattened binary masks, best first within each image bidx (P,) -> (P,) bool: the
+    mask overlaps an earlier mask of its image by IoU >= threshold."""
+    inter = fg @ fg.T
+    area = fg.sum(1)
+    iou = inter / (area[:, None] + area[None] - inter).clamp(min=1)
+    earlier = torch.ones_like(iou, dtype=torch.bool).tril(-1) & (bidx[:, None] == bidx[None])
+    return ((iou >= threshold) & earlier).any(1)
+
+
+class ObjectTokens(nn.Module):
+    name = "object_tokens"  # the model's attribute; its losses are "pointer" and "proposal"
+
+    def __init__(self, cfg, dim: int, num_image_tokens: int):
+        super().__init__()
+        oc = cfg.objects
+        self.cfg = cfg
+        self.k = oc.max_objects
+        self.proposal_head = ProposalHead(cfg.mask_head.dim)
+        self.position = nn.Linear(8 * oc.position_freqs, dim)  # position's own path (docs/ARCHITECTURE.md)
+        self.empty = nn.Parameter(torch.zeros(dim))
+        self.query = nn.Linear(dim, oc.pointer_dim)
+        self.key = nn.Linear(dim, oc.pointer_dim)
+
+    enabled = staticmethod(objects_on)
+
+    # --- proposals -> object tokens -----------------------------------------------------------
+    def propose(self, mask_head, region_encoder, feats) -> ObjectSet:
+        """Heatmap peaks -> clicks -> proposal masks (mask head's click path) -> ObjectSet, best
+        first. A proposal whose mask overlaps a better one's by IoU >= ``duplicate_iou`` (two peaks
+        on one object) is dropped, so one object is one token."""
+        oc = self.cfg.objects
+        B = feats.pixels.shape[0]
+        points, bidx, slot, score = heatmap_peaks(self.proposal_head(feats.pixels), self.k, oc.score_threshold, oc.nms_kernel)
+        logits = mask_head.from_points(feats, points, bidx)
+        fg = (logits.sigmoid() > self.cfg.mask_head.mask_threshold).float()
+        keep = ~_duplicates(fg.flatten(1), bidx, oc.duplicate_iou)
+        masks = logits.new_zeros((B, self.k, *logits.shape[-2:]))
+        masks[bidx, slot] = fg.to(masks.dtype)
+        scores = logits.new_zeros((B, self.k))
+        scores[bidx, slot] = score.to(scores.dtype)
+        valid = torch.zeros(B, self.k, dtype=torch.bool, device=masks.device)
+        valid[bidx, slot] = keep
+        return self.from_masks(region_encoder, feats, masks, valid, scores)
+
+    def from_masks(self, region_encoder, feats, masks: torch.Tensor, valid: torch.Tensor, scores=None) -> ObjectSet:
+        """Given proposals ("oracle": ground-truth masks) -> ObjectSet. masks (B, K, m, m) in [0, 1]
+        (model frame); valid (B, K) bool. An empty mask is no proposal."""
+        B, K = valid.shape
+        if K != self.k:
+            raise ValueError(f"{K} proposal slots given; this model has objects.max_objects = {self.k}")
+        boxes, nonempty = boxes_of_masks(masks.flatten(0, 1))
+        valid = valid & nonempty.view(B, K)
+        embeds = self.empty.to(feats.pixels.dtype).expand(B, K, -1).clone()
+        b, j = valid.nonzero(as_tuple=True)
+        if len(b):
+            vb = boxes.view(B, K, 4)[b, j]
+            e = region_encoder(vb, masks[b, j].float(), feats.pixels[b]) + self.position(fourier_positions(vb, self.cfg.objects.position_freqs))
+            embeds = embeds.index_put((b, j), e.to(embeds.dtype))
+        scores = valid.float() if scores is None else scores * valid
+        return ObjectSet(masks * valid[..., None, None], boxes.view(B, K, 4) * valid[..., None], valid, scores, embeds)
+
+    # --- the pointer --------------------------------------------------------------------------
+    def scores(self, loc_states: torch.Tensor, object_states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """loc_states (L, D), object_states (L, K, D), valid (L, K) bool -> (L, K) pointer logits
+        (-1e4 where a slot is not valid)."""
+        q = self.query(loc_states.float())
+        k = self.key(object_states.float())
+        s = torch.einsum("lp,lkp->lk", q, k) / math.sqrt(q.shape[-1])
+        return s.masked_fill(~valid, -1e4)
+
+    # --- training (auxiliary-head interface, perception/heads/aux.py) -------------------------
+    @staticmethod
+    def sample_targets(cfg, s) -> dict:
+        """One sample's ground-truth masks as proposals: ``object_masks`` (1, K, side, side) in slot
+        order (shuffled; with ``drop_prob`` one left out, kept in a trailing slot marked not valid,
+        with ``extra_prob`` one random background box inserted), ``object_valid`` / ``object_is_gt``
+        (1, K) bool, and ``loc_slots`` (one per <loc>, all turns) the slot of its object or IGNORE."""
+        from perception.processing import mask_side
+
+        oc, side = cfg.objects, mask_side(cfg)
+        rng = s.rng if s.rng is not None else np.random.default_rng(0)
+        K = oc.max_objects
+        n = min(len(s.sample.masks), K)
+        order = [int(k) for k in rng.permutation(n)]
+        dropped = [order.pop(int(rng.integers(n)))] if n and rng.random() < oc.drop_prob else []
+        entries = [("object", k) for k in order]
+        if n < K and rng.random() < oc.extra_prob:
+            entries.insert(int(rng.integers(len(entries) + 1)), ("extra", None))
+        entries += [("dropped", k) for k in dropped]
+        masks = torch.zeros(K, side, side)
+        valid, is_gt = torch.zeros(K, dtype=torch.bool), torch.zeros(K, dtype=torch.bool)
+        slot_of = {}
+        for j, (kind, k) in enumerate(entries):
+            if kind == "extra":
+                x, y = rng.uniform(0, 0.8, 2)
+                w, h = rng.uniform(0.08, 0.25, 2)
+                masks[j] = box_mask((x, y, x + w, y + h), side)
+            else:
+                masks[j] = s.frame.mask_to_model(s.sample.masks[k], side)
+                is_gt[j] = True
+            valid[j] = kind != "dropped"
+            if kind == "object":
+                slot_of[k] = j
+        loc_slots = torch.tensor([slot_of.get(k, IGNORE) for k in s.loc_objects], dtype=torch.long)
+        return {"object_masks": masks[None], "object_valid": valid[None], "object_is_gt": is_gt[None], "loc_slots": loc_slots}
+
+    def from_batch(self, region_encoder, feats, batch: dict) -> ObjectSet:
+        """The collated ground-truth proposals -> ObjectSet (gradients reach the region encoder)."""
+        return self.from_masks(region_encoder, feats, batch["object_masks"].to(feats.pixels.dtype), batch["object_valid"])
+
+    def loss(self, x, batch: dict) -> dict:
+        """{"pointer": cross-entropy of every <loc> with a target slot, "proposal": centre focal loss}."""
+        from perception.model import perception_states
+
+        out = {}
+        states, bidx, pos = perception_states(x.hidden, x.input_ids, x.loc_id)
+        target = batch["loc_slots"]
+        keep = target != IGNORE
+        if bool(keep.any()):
+            obj = turn_object_states(x.hidden, x.input_ids, x.object_id, self.k, bidx[keep], pos[keep])
+            logits = self.scores(states[keep], obj, x.state.objects.valid[bidx[keep]])
+            out["pointer"] = F.cross_entropy(logits, target[keep])
+        heat = self.proposal_head(x.state.mask.pixels)  # (B, h, w)
+        gt = batch["object_masks"] * batch["object_is_gt"][..., None, None]
+        target_map = torch.stack([centre_heatmap(g[g.flatten(1).amax(1) > 0], heat.shape[-2:], self.cfg.objects.heatmap_sigma)
+                                  for g in gt])
+        out["proposal"] = centre_focal_loss(heat, target_map)
+        return out
+
+
+@torch.no_grad()
+def proposal_quality(model, samples: list, threshold: float = 0.5) -> dict:
+    """The proposal step measured on ``samples`` (perception.data Samples with ground-truth masks):
+    {"recall": objects matched by a proposal at mask IoU >= threshold / objects, "matched_miou":
+    mean IoU of the matched pairs, "proposals_per_image", "objects"}. Masks are compared in
+    input-image pixels, after the proposals' masks are mapped back through each image's frame."""
+    from perception.geometry import ImageFrame
+
+    cfg = model.config
+    found, ious, n_props, n_objs = 0, [], 0, 0
+    for s in samples:
+        frame = ImageFrame(*s.image.size, cfg.backbone.image_size, cfg.backbone.resize_mode)
+        state = model.encode_images(model.backbone.preprocess(s.image)[None].to(model.device), propose=False)
+        objs = model.object_tokens.propose(model.mask_head, model.region_encoder, state.mask)
+        keep = objs.valid[0].nonzero().flatten()
+        props = [(frame.logits_to_pixels(objs.masks[0, j][None].float())[0] >= 0.5).cpu().numpy() for j in keep.tolist()]
+        _, pair_ious = proposal_recall(props, list(s.masks), threshold)
+        found, ious = found + len(pair_ious), ious + pair_ious
+        n_props, n_objs = n_props + len(props), n_objs + len(s.masks)
+    return {"recall": found / max(1, n_objs), "matched_miou": float(np.mean(ious)) if ious else 0.0,
+            "proposals_per_image": n_props / max(1, len(samples)), "objects": n_objs}

@@ -1,0 +1,323 @@
+"""Object tokens (issue 14; perception/objects.py): proposals, the prompt layout, the <loc> pointer,
+the collated training targets, checkpoints, and the tiny-llava code path. Tiny random models."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from perception.geometry import ImageFrame
+from perception.heads.proposals import centre_focal_loss, centre_heatmap, heatmap_peaks
+from perception.objects import fourier_positions, match_proposals, proposal_recall
+from perception.presets import get_preset
+from perception.prompting import IGNORE
+from perception.tokens import OBJECT_TOKEN
+
+
+def _objects_model(tokenizer, preset="tiny-objects"):
+    from perception.model import PerceptionModel
+
+    cfg = get_preset(preset)
+    cfg.objects = dataclasses.replace(cfg.objects, enabled=True)
+    torch.manual_seed(0)
+    return PerceptionModel(cfg, tokenizer).eval()
+
+
+@pytest.fixture(scope="module")
+def objects_model(tiny_tokenizer):
+    return _objects_model(tiny_tokenizer)
+
+
+def _state_with_truths(model, sample):
+    """The sample's image encoded, with its ground-truth masks as the proposals ("oracle")."""
+    from perception.processing import mask_side
+
+    cfg = model.config
+    frame = ImageFrame(*sample.image.size, cfg.backbone.image_size, cfg.backbone.resize_mode)
+    side, K = mask_side(cfg), cfg.objects.max_objects
+    masks = torch.zeros(1, K, side, side)
+    for k, m in enumerate(sample.masks):
+        masks[0, k] = frame.mask_to_model(m, side)
+    valid = torch.zeros(1, K, dtype=torch.bool)
+    valid[0, : len(sample.masks)] = True
+    with torch.no_grad():
+        state = model.encode_images(model.backbone.preprocess(sample.image)[None], propose=False)
+        state.objects = model.object_tokens.from_masks(model.region_encoder, state.mask, masks, valid)
+    return frame, state, masks
+
+
+def test_tokenizer_ids_stay_put_and_the_callers_tokenizer_is_not_changed(tiny_tokenizer, objects_model):
+    assert OBJECT_TOKEN not in tiny_tokenizer.get_vocab()  # the shared tokenizer (and the shipped tiny) unchanged
+    tok = objects_model.tokenizer
+    assert tok.convert_tokens_to_ids(OBJECT_TOKEN) == len(tiny_tokenizer)  # appended after every other id
+    for t in ["<image>", "<loc>", "<region>", "<p>", "</p>", "</s>"]:
+        assert tok.convert_tokens_to_ids(t) == tiny_tokenizer.convert_tokens_to_ids(t)
+
+
+def test_object_tokens_are_off_by_default_and_in_no_real_preset():
+    from perception.presets import PRESETS
+
+    on = [p for p in PRESETS if get_preset(p).objects.enabled]
+    assert on == ["tiny-objects"]
+
+
+def test_proposal_step_shapes(objects_model, scene):
+    model = objects_model
+    K = model.config.objects.max_objects
+    pixels = torch.stack([model.backbone.preprocess(scene.image)] * 2)
+    with torch.no_grad():
+        state = model.encode_images(pixels, propose=False)
+        heat = model.object_tokens.proposal_head(state.mask.pixels)
+        assert heat.shape == (2, *state.mask.pixels.shape[-2:])
+        # force peaks: 3 confident centres in image 0, none in image 1
+        fake = torch.full_like(heat, -9.0)
+        fake[0, 10, 20], fake[0, 40, 40], fake[0, 70, 5] = 5.0, 4.0, 3.0
+        points, bidx, slot, scores = heatmap_peaks(fake, K, 0.3, 5)
+        assert points.shape == (3, 2) and bidx.tolist() == [0, 0, 0] and slot.tolist() == [0, 1, 2]
+        h, w = heat.shape[-2:]
+        assert torch.allclose(points[0], torch.tensor([20.5 / w, 10.5 / h]))
+        assert scores[0] > scores[1] > scores[2]
+        objs = model.object_tokens.propose(model.mask_head, model.region_encoder, state.mask)
+    D = model.backbone.hidden_size
+    assert objs.masks.shape[:2] == (2, K) and objs.boxes.shape == (2, K, 4)
+    assert objs.valid.shape == (2, K) and objs.embeds.shape == (2, K, D)
+
+
+def test_heatmap_target_peaks_are_the_objects(scene):
+    """The centre target of a drawn scene's masks has one peak per object, each inside its object."""
+    frame = ImageFrame(*scene.image.size, 160)
+    masks = torch.stack([frame.mask_to_model(m, 80) for m in scene.masks])
+    target = centre_heatmap(masks, (80, 80), 0.15)
+    points, _, _, _ = heatmap_peaks(torch.logit(target.clamp(1e-4, 1 - 1e-4))[None], 8, 0.99, 3)
+    assert len(points) == len(scene.masks)
+    inside = [masks[:, int(y * 80), int(x * 80)].argmax().item() for x, y in points.tolist()]
+    assert sorted(inside) == list(range(len(scene.masks)))
+    perfect = centre_focal_loss(torch.logit(target.clamp(1e-4, 1 - 1e-4))[None], target[None])
+    assert perfect < 0.2 * centre_focal_loss(torch.zeros(1, 80, 80), target[None])
+
+
+def test_ground_truth_masks_as_proposals_come_back_as_the_object_tokens(objects_model):
+    from perception.data.shapesref import make_sample
+
+    model = objects_model
+    sample = make_sample(7, tasks=["ground_A"], n_objects=4)
+    n, K = len(sample.masks), model.config.objects.max_objects
+    frame, state, masks = _state_with_truths(model, sample)
+    objs = state.objects
+    assert objs.valid[0].tolist() == [True] * n + [False] * (K - n)
+    with torch.no_grad():
+        for k in range(n):  # slot k is object k: its region embedding plus its position's own projection
+            box = objs.boxes[0, k : k + 1]
+            expect = model.region_encoder(box, masks[0, k : k + 1], state.mask.pixels) + model.object_tokens.position(
+                fourier_positions(box, model.config.objects.position_freqs))
+            assert torch.allclose(objs.embeds[0, k], expect[0], atol=1e-5)
+        assert torch.equal(objs.embeds[0, n:], model.object_tokens.empty.expand(K - n, -1))
+        box_k = torch.tensor(frame.boxes_to_model(sample.boxes[0]), dtype=torch.float32)
+        assert torch.allclose(objs.boxes[0, 0], box_k, atol=1 / 80 + 1e-6)
+        # in the prompt: K object tokens per turn, in slot order, every turn
+        enc = model.prompts.encode([("Find the red circle.", "no"), ("And the blue one?", None)], add_generation_prompt=True)
+        ids = torch.tensor([enc.input_ids])
+        emb = model.embed(ids, state)
+    at = (ids[0] == model.prompts.object_id).nonzero().flatten()
+    assert len(at) == 2 * K
+    assert torch.allclose(emb[0, at], objs.embeds[0].repeat(2, 1))
+    state.objects = None  # "oracle" mode without the caller's masks: a clear error, not a silent prompt
+    with pytest.raises(ValueError, match="no proposals"):
+        model.embed(ids, state)
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_prompt_layout_object_tokens_follow_the_user_text_of_every_turn(objects_model, turns):
+    from perception.pipeline import _encode_fitting
+
+    model = objects_model
+    K, p = model.config.objects.max_objects, model.prompts
+    conv = [(f"Find the red circle {i}.", "<p>the red circle</p><loc>") for i in range(turns - 1)] + [("Count the stars.", None)]
+    enc = _encode_fitting(model, conv, [[] for _ in conv], [True] * turns, 8)  # the pipeline's own encoding, history replayed
+    ids = enc.input_ids
+    assistant = p._assistant
+    obj = [i for i, t in enumerate(ids) if t == p.object_id]
+    assert len(obj) == K * turns
+    runs = [obj[i * K : (i + 1) * K] for i in range(turns)]
+    for (user, _), run in zip(conv, runs):
+        assert run == list(range(run[0], run[0] + K))  # one contiguous run per turn
+        after = run[-1] + 1
+        assert ids[after : after + len(assistant)] == assistant  # ... right before " ASSISTANT:"
+        before = p.tok.decode(ids[: run[0]])
+        assert before.rstrip().endswith(user)  # ... right after the user's text
+    assert [t for t in ids if t == p.image_id] == [p.image_id] * p.n_image  # the image once, at the start
+    assert ids.index(p.image_id) < obj[0]
+
+
+def test_models_without_object_tokens_keep_their_prompt(tiny_model):
+    enc = tiny_model.prompts.encode([("Find the red circle.", None)], add_generation_prompt=True)
+    assert tiny_model.prompts.object_id is None and tiny_model.prompts.n_object == 0
+    assert not hasattr(tiny_model, "object_tokens")
+    text = tiny_model.tokenizer.decode(enc.input_ids[-20:])
+    assert text.endswith("Find the red circle. ASSISTANT: ")
+
+
+def test_collated_targets_point_at_the_shuffled_ground_truth(objects_model):
+    from perception.data.collate import Collator
+    from perception.data.shapesref import make_sample
+
+    model = objects_model
+    cfg = dataclasses.replace(model.config, objects=dataclasses.replace(model.config.objects, drop_prob=0.0, extra_prob=1.0))
+    col = Collator(cfg, model.tokenizer, model.backbone.num_image_tokens, seed=3)
+    samples = [make_sample(s, tasks=["ground_all"], n_objects=3) for s in (1, 2)]
+    batch = col(samples)
+    side = batch["object_masks"].shape[-1]
+    assert batch["object_masks"].shape == (2, 8, side, side)
+    k = 0
+    for b, s in enumerate(samples):
+        frame = ImageFrame(*s.image.size, 160)
+        assert int(batch["object_valid"][b].sum()) == len(s.masks) + 1  # the objects and one extra box
+        assert int(batch["object_is_gt"][b].sum()) == len(s.masks)
+        for t in s.turns:
+            for obj in t.targets:
+                slot = int(batch["loc_slots"][k])
+                assert torch.allclose(batch["object_masks"][b, slot], frame.mask_to_model(s.masks[obj], side))
+                k += 1
+    assert k == len(batch["loc_slots"]) > 0
+    dropped = Collator(dataclasses.replace(cfg, objects=dataclasses.replace(cfg.objects, drop_prob=1.0, extra_prob=0.0)),
+                       model.tokenizer, model.backbone.num_image_tokens, seed=3)(samples)
+    assert (dropped["loc_slots"] == IGNORE).any()
+    assert (dropped["object_is_gt"] & ~dropped["object_valid"]).sum(1).tolist() == [1, 1]
+
+
+def test_selection_loss_falls_in_a_few_steps(tiny_tokenizer):
+    from perception.data.collate import Collator
+    from perception.data.shapesref import make_sample
+
+    model = _objects_model(tiny_tokenizer).train()
+    col = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens, seed=0)
+    batch = col([make_sample(s, tasks=["ground_A", "ground_S", "ground_R"], n_objects=4) for s in range(4)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        out = model(batch)
+        losses.append(float(out["pointer"].detach()))
+        opt.zero_grad()
+        (out["pointer"] + out["proposal"]).backward()
+        opt.step()
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_the_pointer_reports_the_chosen_proposal_once(objects_model):
+    """A forced answer with three <loc>s over two proposals: two different proposals, then nothing."""
+    from perception.data.shapesref import make_sample
+    from perception.decoding import ObjectDecoder
+    from perception.generation import generate
+    from perception.geometry import mask_iou
+
+    model = objects_model
+    sample = make_sample(11, tasks=["ground_A"], n_objects=2)
+    frame, state, _ = _state_with_truths(model, sample)
+    p = model.prompts
+    ids = torch.tensor([p.encode([("Find all the objects.", None)], add_generation_prompt=True).input_ids])
+    forced = p.assistant("<p>the objects</p><loc><loc><loc>") + [p.eos_id]
+    decoder = ObjectDecoder(model, state, frame)
+    gen = generate(model, state, ids, None, 20, 5, forced=forced, decoder=decoder)
+    for _ in gen:
+        pass
+    got = decoder.decoded
+    assert len(got) == 3 and got[2] is None
+    truths = list(sample.masks)
+    matched = match_proposals([g.mask for g in got[:2]], truths)
+    assert sorted(matched) == [0, 1]  # each object once
+    assert all(mask_iou(g.mask, truths[i]) > 0.7 for i, g in zip(matched, got[:2]))
+    assert all(0 < g.score <= 1 for g in got[:2])
+
+
+def test_matching_and_recall():
+    a = np.zeros((10, 10), bool)
+    a[:5, :5] = True
+    b = np.zeros((10, 10), bool)
+    b[5:, 5:] = True
+    half = np.zeros((10, 10), bool)
+    half[:5, :2] = True
+    assert match_proposals([b, a], [a, b]) == [1, 0]
+    assert match_proposals([half], [a]) == [None]  # IoU 0.4 < 0.5
+    recall, ious = proposal_recall([a, half], [a, b])
+    assert recall == 0.5 and ious == [1.0]
+
+
+def test_proposal_quality_reports_recall_and_matched_miou(objects_model, monkeypatch):
+    """Proposals that are the ground truth (through the model frame and back) give recall 1 and a
+    high matched mIoU; no proposals give recall 0."""
+    from perception.data.shapesref import make_sample
+    from perception.objects import proposal_quality
+
+    sample = make_sample(5, tasks=["ground_A"], n_objects=3)
+    _, truth_state, _ = _state_with_truths(objects_model, sample)
+    ot = objects_model.object_tokens
+    monkeypatch.setattr(ot, "propose", lambda *a: truth_state.objects)
+    q = proposal_quality(objects_model, [sample])
+    assert q["objects"] == 3 and q["recall"] == 1.0 and q["matched_miou"] > 0.8 and q["proposals_per_image"] == 3
+    none = dataclasses.replace(truth_state.objects, valid=torch.zeros_like(truth_state.objects.valid))
+    monkeypatch.setattr(ot, "propose", lambda *a: none)
+    assert proposal_quality(objects_model, [sample])["recall"] == 0.0
+
+
+def test_two_peaks_on_one_object_are_one_proposal():
+    from perception.objects import _duplicates
+
+    a = torch.zeros(4, 4)
+    a[:2, :2] = 1
+    almost_a = a.clone()
+    almost_a[2, 0] = 1  # IoU 0.8 with a
+    b = torch.zeros(4, 4)
+    b[2:, 2:] = 1
+    fg = torch.stack([a, almost_a, b, a]).flatten(1)
+    # rows 0-2 are one image (best first), row 3 another image: a copy of a there is no duplicate
+    assert _duplicates(fg, torch.tensor([0, 0, 0, 1]), 0.7).tolist() == [False, True, False, False]
+
+
+def test_save_load_round_trip_keeps_the_object_parts(objects_model, tmp_path, scene):
+    from perception.checkpoint import from_pretrained, save_pretrained
+
+    model = objects_model
+    save_pretrained(model, tmp_path / "ckpt")
+    back = from_pretrained(tmp_path / "ckpt")
+    assert back.config.objects == model.config.objects and back.config.preset == "tiny-objects"
+    assert back.prompts.object_id == model.prompts.object_id
+    sd, sd2 = model.state_dict(), back.state_dict()
+    names = [k for k in sd if k.startswith("object_tokens.")]
+    assert {"object_tokens.position.weight", "object_tokens.empty", "object_tokens.query.weight",
+            "object_tokens.proposal_head.net.0.weight"} <= set(names)
+    assert all(torch.equal(sd[k], sd2[k]) for k in sd)
+    _, s1, _ = _state_with_truths(model, scene)
+    _, s2, _ = _state_with_truths(back, scene)
+    assert torch.equal(s1.objects.embeds, s2.objects.embeds)
+
+
+def test_tiny_llava_with_object_tokens_trains_and_chats(tiny_tokenizer, scene):
+    from perception.data.collate import Collator
+    from perception.data.shapesref import make_sample
+    from perception.pipeline import Pipeline
+
+    model = _objects_model(tiny_tokenizer, "tiny-llava")
+    assert model.prompts.n_object == 8
+    col = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens, seed=0)
+    batch = col([make_sample(s, n_requests=2) for s in range(2)])
+    model.train()
+    out = model(batch)
+    assert {"pointer", "proposal"} <= set(out) and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    model.eval()
+    answer = Pipeline(model).chat(scene.image, "Find the red circle.")
+    again = Pipeline(model).chat(scene.image, "And the blue one?", history=answer.history)
+    assert isinstance(again.text, str)
+
+
+def test_the_v2_recipe_trains_tiny_objects_on_v1_and_v2_from_random_init():
+    from pathlib import Path
+
+    from perception.config import DataConfig
+    from perception.train import load_train_config
+
+    tc = load_train_config(str(Path(__file__).resolve().parent.parent / "configs" / "tiny_shapesref_v2.yaml"), [])
+    assert tc.model == "tiny-objects" and tc.init_from is None
+    assert tc.data.tasks == DataConfig().tasks and tc.data.weights == DataConfig().weights
+    assert tc.warmup < tc.steps
