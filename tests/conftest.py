@@ -47,3 +47,12 @@ def scene():
     from perception.data.shapesref import make_sample
 
     return make_sample(123, tasks=["ground_A"])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (servers and torchrun rendezvous in tests)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -10,7 +10,6 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json  # noqa: E402
-import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -24,6 +23,7 @@ from perception.data.shapesref import draw_scene  # noqa: E402
 from app import format as fmt  # noqa: E402
 from app import handlers as h  # noqa: E402
 from app import model  # noqa: E402
+from conftest import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -235,10 +235,6 @@ def test_model_loads_lazily_once():
 # --- the named API through gradio_client --------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +244,7 @@ def client():
     from app import build_app, launch
 
     demo = build_app()
-    port = _free_port()
+    port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     assert demo.max_file_size == model.limits().max_upload_bytes  # the upload size limit is set
     try:

@@ -12,7 +12,6 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json  # noqa: E402
-import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -21,6 +20,7 @@ import pytest  # noqa: E402
 
 from app import model  # noqa: E402
 from app.batching import Batcher  # noqa: E402
+from conftest import free_port  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "app" / "examples"
 
@@ -134,10 +134,6 @@ def test_max_batch_setting(value, ok, monkeypatch):
 # --- the app's /chat -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +151,7 @@ def served():
     calls = []  # the number of requests of each chat_batch call
     mp.setattr(pipe, "chat_batch", _recording(pipe.chat_batch, calls))
     demo = build_app()
-    port = _free_port()
+    port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/", gate, pipe, calls

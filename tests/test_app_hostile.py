@@ -17,7 +17,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import io  # noqa: E402
 import json  # noqa: E402
-import socket  # noqa: E402
 import struct  # noqa: E402
 import sys  # noqa: E402
 import zlib  # noqa: E402
@@ -33,6 +32,7 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, for --markdown
 
 from perception.limits import DEFAULT_LIMITS  # noqa: E402
+from conftest import free_port  # noqa: E402
 
 # --- inputs --------------------------------------------------------------------------------------
 
@@ -326,10 +326,6 @@ CASES = [
 # --- the server ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +337,7 @@ def server(tmp_path_factory):
 
     model.configure("tiny", "cpu")
     demo = build_app()
-    port = _free_port()
+    port = free_port()
     launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -9,7 +9,6 @@ The first DeepSpeed launch on a machine compiles a shared-memory op (~90 s, cach
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from perception.config import TrainConfig
 
 from test_train import SMALL
+from conftest import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = ROOT / "tests" / "dist_driver.py"
@@ -40,10 +40,6 @@ def _ds_json(tmp_path, **edits) -> str:
     return str(p)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(tmp_path, mode: str, tc: dict, *extra, results="results", timeout=420) -> Path:
@@ -52,7 +48,7 @@ def _torchrun(tmp_path, mode: str, tc: dict, *extra, results="results", timeout=
     cfg.write_text(json.dumps(tc))
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        f"--master_port={_free_port()}", str(DRIVER), mode, str(cfg), str(tmp_path / results), *extra],
+                        f"--master_port={free_port()}", str(DRIVER), mode, str(cfg), str(tmp_path / results), *extra],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return tmp_path / results
