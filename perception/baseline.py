@@ -100,6 +100,9 @@ class TextBoxDecoder:
         self.frame = frame
         self.max_objects = max_objects
 
+    def see_prompt(self, input_ids, hidden) -> None:
+        """Nothing to read from the prompt."""
+
     def __call__(self, loc_state):
         return None
 

@@ -7,11 +7,11 @@ before the next step. The mask fed back is the mask reported, so later tokens kn
 object was grounded. With ``mask_head.exclusive`` each ``<loc>`` of an answer takes its pixels
 from those no earlier ``<loc>`` of the answer took.
 
-Object-token models (``objects.enabled``, perception/objects.py) choose instead of drawing: the
-pointer scores the current turn's object tokens (their states come from ``see_prompt``, which
-generation calls once with the prompt's last-layer states), the best proposal no earlier ``<loc>``
-of the answer chose is the object (its mask and the mask's box), and ``Grounding.score`` is the
-pointer's probability. That mask is what feedback feeds back.
+Object-token models (``objects.enabled``, perception/objects.py) choose instead of drawing
+(``PointerDecoder``): the pointer scores the current turn's object tokens (their states come from
+``see_prompt``, which generation calls once with the prompt's last-layer states), the best
+proposal no earlier ``<loc>`` of the answer chose is the object (its mask and the mask's box), and
+``Grounding.score`` is the pointer's probability. That mask is what feedback feeds back.
 
 No placeholder objects: a ``<loc>`` whose mask has fewer than ``mask_head.min_object_pixels``
 pixels above ``mask_threshold`` (after the exclusive claim) grounds nothing -- it is dropped from
@@ -53,24 +53,15 @@ class ObjectDecoder:
         self.decoded: list[Grounding] = []
         self._bidx = torch.tensor([bidx], dtype=torch.long, device=state.mask.pixels.device)
         self._claimed = np.zeros((frame.height, frame.width), bool)  # pixels earlier <loc>s took
-        self._pointer = getattr(model, "object_tokens", None) if getattr(state, "objects", None) is not None else None
-        self._object_states = None  # (K, D) the current turn's object-token states (see_prompt)
-        self._chosen = torch.zeros(model.config.objects.max_objects, dtype=torch.bool, device=self._bidx.device)
 
     def see_prompt(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> None:
-        """The prompt's ids (T,) and last-layer states (T, D): object-token models keep the states
-        of the last turn's ``<obj>`` tokens for the pointer; other models need nothing."""
-        if self._pointer is not None:
-            T = torch.tensor([input_ids.shape[0]])
-            self._object_states = turn_object_states(hidden[None], input_ids[None], self.model.prompts.object_id,
-                                                     self._pointer.k, torch.zeros(1, dtype=torch.long), T)[0]
+        """The prompt's ids (T,) and last-layer states (T, D), once before the first ``<loc>``
+        (generation calls it for every decoder); this decoder needs neither."""
 
     @torch.no_grad()
     def __call__(self, loc_state: torch.Tensor):
         """(1, D) state that predicted a ``<loc>`` -> the (1, D) embedding to add to that ``<loc>``'s
         input (None when the model does not feed back). Records the decoded object."""
-        if self._pointer is not None:
-            return self._choose(loc_state)
         cfg = self.model.config
         logits, box_norm = self.model.decode_states(self.state, loc_state, self._bidx)
         prob = self.frame.logits_to_pixels(logits).sigmoid()[0].cpu().numpy()
@@ -83,38 +74,21 @@ class ObjectDecoder:
         else:  # "head": the paper's MLP on the state
             mask = prob >= thr
             box = tuple(self.frame.boxes_to_pixels(box_norm[0].float().cpu().numpy()).tolist())
-        if int(mask.sum()) < cfg.mask_head.min_object_pixels:  # nothing there: no placeholder object
-            self.decoded.append(None)
+        if not self._keep(mask, box, float(prob[mask].max()) if mask.any() else 0.0):
             return None
         self._claimed |= mask
-        self.decoded.append(Grounding(box=tuple(float(v) for v in box), mask=mask, score=float(prob[mask].max())))
         if not cfg.loc_feedback:
             return None
-        side = logits.shape[-1]
-        fed = self.frame.mask_to_model(mask, side).to(device=logits.device, dtype=self.state.mask.pixels.dtype)
+        fed = self.frame.mask_to_model(mask, logits.shape[-1]).to(device=logits.device, dtype=self.state.mask.pixels.dtype)
         return self.model.feedback_embeds(self.state, fed[None], self._bidx)
 
-    def _choose(self, loc_state: torch.Tensor):
-        """Object-token models: the pointer's best proposal not chosen yet is the object."""
-        if self._object_states is None:
-            raise RuntimeError("an object-token model's ObjectDecoder needs the prompt's states: call see_prompt before a <loc>")
-        objs, b = self.state.objects, int(self._bidx)
-        valid = objs.valid[b] & ~self._chosen
-        if not bool(valid.any()):  # every proposal is taken: nothing left to ground
+    def _keep(self, mask, box, score: float) -> bool:
+        """Record the object (True), or None for a ``<loc>`` whose mask is too small to be one (False)."""
+        if int(mask.sum()) < self.model.config.mask_head.min_object_pixels:  # nothing there: no placeholder object
             self.decoded.append(None)
-            return None
-        scores = self._pointer.scores(loc_state, self._object_states[None], valid[None])[0]
-        j = int(scores.argmax())
-        prob = float(scores.softmax(-1)[j])
-        mask = (self.frame.logits_to_pixels(objs.masks[b, j][None].float())[0] >= 0.5).cpu().numpy()
-        if int(mask.sum()) < self.model.config.mask_head.min_object_pixels:
-            self.decoded.append(None)
-            return None
-        self._chosen[j] = True
-        self.decoded.append(Grounding(box=tuple(float(v) for v in box_from_mask(mask)), mask=mask, score=prob))
-        if not self.model.config.loc_feedback:
-            return None
-        return self.model.feedback_embeds(self.state, objs.masks[b, j][None], self._bidx)
+            return False
+        self.decoded.append(Grounding(box=tuple(float(v) for v in box), mask=mask, score=score))
+        return True
 
     def objects(self, raw: str) -> list[Grounding]:
         """The answer's objects, each paired with the ``<p>phrase</p>`` its ``<loc>`` follows
@@ -125,10 +99,50 @@ class ObjectDecoder:
                 for k, g in enumerate(self.decoded) if g is not None]
 
 
+class PointerDecoder(ObjectDecoder):
+    """Object-token models: each ``<loc>`` chooses one of the image's proposals (``state.objects``)
+    by the pointer over the current turn's ``<obj>`` states; a proposal is chosen once per answer."""
+
+    def __init__(self, model, state, frame: ImageFrame, bidx: int = 0):
+        super().__init__(model, state, frame, bidx)
+        self._pointer = model.object_tokens
+        self._object_states = None  # (K, D) the current turn's object-token states (see_prompt)
+        self._chosen = torch.zeros(model.config.objects.max_objects, dtype=torch.bool, device=self._bidx.device)
+
+    def see_prompt(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Keep the states of the last turn's ``<obj>`` tokens for the pointer."""
+        T = torch.tensor([input_ids.shape[0]])
+        self._object_states = turn_object_states(hidden[None], input_ids[None], self.model.prompts.object_id,
+                                                 self._pointer.k, torch.zeros(1, dtype=torch.long), T)[0]
+
+    @torch.no_grad()
+    def __call__(self, loc_state: torch.Tensor):
+        """The pointer's best proposal not chosen yet is the object."""
+        if self._object_states is None:
+            raise RuntimeError("an object-token model's decoder needs the prompt's states: call see_prompt before a <loc>")
+        objs, b = self.state.objects, int(self._bidx)
+        valid = objs.valid[b] & ~self._chosen
+        if not bool(valid.any()):  # every proposal is taken: nothing left to ground
+            self.decoded.append(None)
+            return None
+        scores = self._pointer.scores(loc_state, self._object_states[None], valid[None])[0]
+        j = int(scores.argmax())
+        mask = (self.frame.logits_to_pixels(objs.masks[b, j][None].float())[0] >= 0.5).cpu().numpy()
+        if not self._keep(mask, box_from_mask(mask), float(scores.softmax(-1)[j])):
+            return None
+        self._chosen[j] = True
+        if not self.model.config.loc_feedback:
+            return None
+        return self.model.feedback_embeds(self.state, objs.masks[b, j][None], self._bidx)
+
+
 def answer_decoder(model, state, frame: ImageFrame, bidx: int = 0, max_objects: int | None = None):
-    """The decoder for ``model``'s output mode: ``ObjectDecoder``, or the text-box baseline's."""
+    """The decoder for ``model``'s output: ``ObjectDecoder``, ``PointerDecoder`` for object-token
+    models (when the image state carries proposals), or the text-box baseline's."""
     if model.config.output_mode == "text_box":
         from perception.baseline import TextBoxDecoder
 
         return TextBoxDecoder(frame, max_objects)
+    if getattr(model, "object_tokens", None) is not None and getattr(state, "objects", None) is not None:
+        return PointerDecoder(model, state, frame, bidx)
     return ObjectDecoder(model, state, frame, bidx)

@@ -83,13 +83,6 @@ def _default_decoder(model, state):
     return answer_decoder(model, state, ImageFrame(S, S, S, model.config.backbone.resize_mode))
 
 
-def _see_prompt(decoder, prompt_ids: torch.Tensor, prompt_hidden: torch.Tensor) -> None:
-    """Object-token models' decoders point at the prompt's object tokens: they read the prompt's
-    (T,) ids and (T, D) last-layer states once, before the first <loc>."""
-    if hasattr(decoder, "see_prompt"):
-        decoder.see_prompt(prompt_ids, prompt_hidden)
-
-
 @torch.no_grad()
 def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_tokens: int, max_objects: int,
              forced: list | None = None, decoder=None):
@@ -108,7 +101,7 @@ def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_token
     row = _Row(model, input_ids[0].tolist(), decoder or _default_decoder(model, state), max_new_tokens, max_objects, forced)
     emb = model.embed(input_ids, state, region_embeds)
     logits, hidden, past = model.backbone.forward_embeds(emb, use_cache=True)
-    _see_prompt(row.decoder, input_ids[0], hidden[0])
+    row.decoder.see_prompt(input_ids[0], hidden[0])  # object-token decoders point at the prompt's <obj> states
     while not row.done:
         nxt = row.choose(logits[0, -1])
         fb = row.write(nxt, hidden[0, -1:])
@@ -153,7 +146,7 @@ def generate_batch(model, states: list, input_ids: list, region_embeds: list, de
     pos = (mask.cumsum(1) - 1).clamp(min=0)  # (B, L): 0.. over each row's real tokens
     logits, hidden, past = model.backbone.forward_embeds(emb, mask, use_cache=True, position_ids=pos)
     for b, e in enumerate(embs):
-        _see_prompt(rows[b].decoder, input_ids[b][0], hidden[b, L - e.shape[1]:])
+        rows[b].decoder.see_prompt(input_ids[b][0], hidden[b, L - e.shape[1]:])
     live = list(range(B))  # batch row i of the cache holds answer live[i]
     pos = pos[:, -1:]
     while live:

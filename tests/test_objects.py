@@ -207,7 +207,7 @@ def test_selection_loss_falls_in_a_few_steps(tiny_tokenizer):
 def test_the_pointer_reports_the_chosen_proposal_once(objects_model):
     """A forced answer with three <loc>s over two proposals: two different proposals, then nothing."""
     from perception.data.shapesref import make_sample
-    from perception.decoding import ObjectDecoder
+    from perception.decoding import PointerDecoder, answer_decoder
     from perception.generation import generate
     from perception.geometry import mask_iou
 
@@ -217,7 +217,8 @@ def test_the_pointer_reports_the_chosen_proposal_once(objects_model):
     p = model.prompts
     ids = torch.tensor([p.encode([("Find all the objects.", None)], add_generation_prompt=True).input_ids])
     forced = p.assistant("<p>the objects</p><loc><loc><loc>") + [p.eos_id]
-    decoder = ObjectDecoder(model, state, frame)
+    decoder = answer_decoder(model, state, frame)
+    assert isinstance(decoder, PointerDecoder)
     gen = generate(model, state, ids, None, 20, 5, forced=forced, decoder=decoder)
     for _ in gen:
         pass
