@@ -32,6 +32,11 @@ def main(argv=None) -> int:
                    help="answer this many one-turn requests together (Pipeline.chat_batch: the answers chat gives, faster); default 1")
     e.add_argument("--box-source", default=None, choices=["head", "mask"],
                    help="override the model's box source (ablation: the paper's MLP head, or the mask blob)")
+    e.add_argument("--proposals", default="model", choices=["model", "oracle"],
+                   help="object-token models: the model's own proposals (the report gives their recall) or the "
+                        "scenes' ground-truth masks as object tokens (the upper bound on selection)")
+    e.add_argument("--selection", default=None, choices=["pointer", "mask"],
+                   help="object-token models: override objects.selection (mask: the <loc> state draws; pointer off)")
     e.add_argument("--exclusive", default=None, choices=["on", "off"],
                    help="override mask_head.exclusive: each object of an answer takes pixels no earlier one took")
 

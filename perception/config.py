@@ -20,7 +20,7 @@ class StemConfig:
     """The tiny preset's convolutional vision encoder (stride 2/4/8/16 feature maps)."""
 
     channels: list = field(default_factory=lambda: [32, 64, 128, 192])  # width at stride 2, 4, 8, 16
-    token_grid: int = 10  # the LLM sees token_grid**2 image tokens (the stride-16 map at 160 px)
+    token_grid: int = 10  # the LLM sees token_grid**2 image tokens: the stride-16 map (10x10 at 160 px), average-pooled when smaller
 
 
 @dataclass
@@ -126,6 +126,7 @@ class ObjectTokensConfig:
     position_freqs: int = 8  # Fourier frequencies per coordinate of (cx, cy, w, h): 4 x 2 x this features
     pointer_dim: int = 64  # width of the pointer's query / key projections
     proposals: str = "heatmap"  # inference proposals: "heatmap" (learned centres -> clicks) | "oracle" (masks given by the caller)
+    selection: str = "pointer"  # inference: "pointer" (each <loc> picks a proposal) | "mask" (the <loc> state draws its mask, the paper's path: an ablation)
     heatmap_sigma: float = 0.15  # Gaussian target: sigma = this x sqrt(object area), in heatmap pixels
     score_threshold: float = 0.3  # a heatmap peak below this probability proposes nothing
     nms_kernel: int = 5  # a peak must be the maximum of its nms_kernel x nms_kernel window
@@ -172,6 +173,7 @@ class PerceptionConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     max_new_tokens: int = 96  # generation cap per answer
     loc_feedback: bool = True  # each generated <loc>'s decoded mask, through the region encoder, is added to that <loc>'s input embedding (the LM sees what it grounded)
+    image_position: str = "before_question"  # where the image tokens stand in the first turn: "before_question" (LLaVA's layout) | "after_question" (after the user's text: they can attend to the question)
     output_mode: str = "perception"  # "perception" (<loc> states -> heads) | "text_box" (baseline: boxes written as text, no masks; perception/baseline.py)
 
     def to_dict(self) -> dict:
@@ -261,6 +263,8 @@ class TrainConfig:
 
     model: str = "tiny"  # preset name or checkpoint folder to start from
     init_from: Optional[str] = None  # warm start: copy every same-named, same-shaped tensor from this checkpoint folder
+    init_skip: list = field(default_factory=list)  # warm start: tensors under these name prefixes keep their fresh init
+    freeze: list = field(default_factory=list)  # parameters under these name prefixes are not trained (no gradient, no optimizer state)
     output_dir: str = "runs/tiny"
     seed: int = 0
     steps: int = 10000  # optimizer steps (the learning-rate schedule's length)

@@ -138,11 +138,16 @@ class PointerDecoder(ObjectDecoder):
 
 def answer_decoder(model, state, frame: ImageFrame, bidx: int = 0, max_objects: int | None = None):
     """The decoder for ``model``'s output: ``ObjectDecoder``, ``PointerDecoder`` for object-token
-    models (when the image state carries proposals), or the text-box baseline's."""
+    models (when the image state carries proposals and ``objects.selection`` is "pointer"; "mask"
+    lets their ``<loc>`` states draw, the ablation without the pointer), or the text-box baseline's."""
     if model.config.output_mode == "text_box":
         from perception.baseline import TextBoxDecoder
 
         return TextBoxDecoder(frame, max_objects)
     if getattr(model, "object_tokens", None) is not None and getattr(state, "objects", None) is not None:
-        return PointerDecoder(model, state, frame, bidx)
+        selection = model.config.objects.selection
+        if selection == "pointer":
+            return PointerDecoder(model, state, frame, bidx)
+        if selection != "mask":
+            raise ValueError(f"objects.selection must be 'pointer' or 'mask'; got {selection!r}")
     return ObjectDecoder(model, state, frame, bidx)

@@ -161,6 +161,8 @@ class Accumulator:
         self.followup_turn1 = []  # box IoU of the object turn 1 grounded (0: none)
         self.same = {"n": 0, "match": 0, "pred": 0, "gt": 0}  # same-as-a-region requests with >= 1 target
         self.tiny = []  # per chat answer: holds an object of <= 4 pixels
+        self.ground_by_size = defaultdict(list)  # objects in the scene -> box IoU of A / S / R answers
+        self.proposals = {"found": 0, "objects": 0, "proposals": 0, "images": 0, "ious": []}  # object-token models
 
     def _score_presence(self, turn, answer):
         """N-acc / T-acc and the tiny-object share: every chat answer, conversation turns included."""
@@ -213,6 +215,8 @@ class Accumulator:
             g["inter"].append(inter)
             g["union"].append(union)
             g["miou"].append(inter / union if union else 0.0)
+            if task in GROUND_TYPES:
+                self.ground_by_size[len(gt["masks"])].append(g["iou"][-1])
         elif task in ("ground_all", "count"):
             pred = [o.box for o in objs]
             truth = [gt["boxes"][k] for k in turn.targets]
@@ -239,6 +243,7 @@ class Accumulator:
             if t in ("A", "S", "R"):
                 all_iou += g["iou"]; all_miou += g["miou"]; all_i += g["inter"]; all_u += g["union"]
         rep["grounding"]["overall"] = {"n": len(all_iou), "acc@0.5": M.acc_at(all_iou), "mIoU": M.miou(all_miou), "cIoU": M.ciou(all_i, all_u)}
+        rep["grounding_by_objects"] = {str(n): {"n": len(v), "acc@0.5": M.acc_at(v)} for n, v in sorted(self.ground_by_size.items())}
         rep["multi_object"] = {"n_gt": self.multi["gt"], **M.prf(self.multi["match"], self.multi["pred"], self.multi["gt"])}
         rep["region_accuracy"] = {"n": len(self.region), "accuracy": float(np.mean(self.region)) if self.region else 0.0,
                                   "by": {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(self.region_by.items())}}
@@ -254,8 +259,24 @@ class Accumulator:
         rep["same_as_region"] = {"n": self.same["n"], "n_gt": self.same["gt"],
                                  **M.prf(self.same["match"], self.same["pred"], self.same["gt"])}
         rep["tiny_objects"] = {"n_answers": len(self.tiny), "share": float(np.mean(self.tiny)) if self.tiny else 0.0}
+        p = self.proposals
+        if p["images"]:
+            rep["proposals"] = {"images": p["images"], "objects": p["objects"], "recall@0.5": p["found"] / max(1, p["objects"]),
+                                "matched_mIoU": M.miou(p["ious"]), "per_image": p["proposals"] / p["images"]}
         rep["latency_ms_median"] = 1000 * statistics.median(self.latency) if self.latency else 0.0
         return rep
+
+    def add_proposals(self, gt, proposals: list) -> None:
+        """An object-token model's proposals for one scene (H x W bool masks), matched to its objects."""
+        from perception.objects import proposal_recall
+
+        _, ious = proposal_recall(proposals, list(gt["masks"]))
+        p = self.proposals
+        p["found"] += len(ious)
+        p["ious"] += ious
+        p["objects"] += len(gt["masks"])
+        p["proposals"] += len(proposals)
+        p["images"] += 1
 
 
 def _share(groups: dict) -> float:
@@ -277,18 +298,36 @@ def _followup_kinds() -> dict:
 _FOLLOWUP_KINDS = _followup_kinds()  # "What color is it?" -> "color"
 
 
-def evaluate(pipe, items, progress: bool = True, total=None, batch_size: int = 1) -> dict:
+def evaluate(pipe, items, progress: bool = True, total=None, batch_size: int = 1, proposals: str = "model") -> dict:
     """Answer every item and score it. ``batch_size`` > 1 answers the one-turn requests
     ``batch_size`` at a time with ``pipe.chat_batch`` (clicks and conversations one at a time);
     items are scored in their order, so the report is the same for any batch size but for
-    ``latency_ms_median`` (a batched turn counts the batch's wall time divided by its size)."""
+    ``latency_ms_median`` (a batched turn counts the batch's wall time divided by its size).
+
+    Object-token models: with ``proposals`` "model" each scene's proposals are matched to its
+    objects (the report's "proposals": recall at mask IoU 0.5, matched mIoU); "oracle" gives the
+    scene's ground-truth masks as the object tokens instead (``Pipeline.use_objects``: the upper
+    bound on selection; one request at a time)."""
     from tqdm import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if proposals not in ("model", "oracle"):
+        raise ValueError(f"proposals must be 'model' or 'oracle'; got {proposals!r}")
+    has_objects = getattr(pipe.model, "object_tokens", None) is not None
+    if proposals == "oracle" and not has_objects:
+        raise ValueError("oracle proposals need an object-token model (objects.enabled)")
+    if proposals == "oracle" and batch_size > 1:
+        raise ValueError("oracle proposals are given one request at a time: use batch_size 1")
     acc = Accumulator()
     pending = []  # [gt, turn, result or None, seconds] in item order; None: a one-turn request waiting for its batch
-    for _, gt, turn in tqdm(items, disable=not progress, total=total, desc="evaluate"):
+    scene = None
+    for index, gt, turn in tqdm(items, disable=not progress, total=total, desc="evaluate"):
+        if has_objects and proposals == "oracle":
+            pipe.use_objects(gt["image"], gt["masks"])
+        elif has_objects and gt is not scene and gt.get("masks") is not None:
+            acc.add_proposals(gt, pipe.proposals(gt["image"]))
+        scene = gt
         if batch_size > 1 and not isinstance(turn, (dict, list)):
             pending.append([gt, turn, None, None])
         else:
@@ -343,6 +382,8 @@ def _table_rows(rep: dict) -> dict:
     rows = {}
     for t, g in rep["grounding"].items():
         rows[f"ground:{t}"] = (f"grounding {t}: Acc@0.5 / mIoU / cIoU (n={g['n']})", f"{g['acc@0.5']:.3f} / {g['mIoU']:.3f} / {g['cIoU']:.3f}")
+    for n, g in rep.get("grounding_by_objects", {}).items():
+        rows[f"ground_objects:{n}"] = (f"— A/S/R in scenes of {n} object(s): Acc@0.5 (n={g['n']})", f"{g['acc@0.5']:.3f}")
     m = rep["multi_object"]
     rows["multi"] = (f"multi-object P / R / F1 (objects={m['n_gt']})", f"{m['precision']:.3f} / {m['recall']:.3f} / {m['f1']:.3f}")
     rows["region"] = (f"region-question accuracy (n={rep['region_accuracy']['n']})", f"{rep['region_accuracy']['accuracy']:.3f}")
@@ -354,6 +395,10 @@ def _table_rows(rep: dict) -> dict:
         rows["count:1"] = ("— answers that say 1 / questions whose count is 1", f"{c['answered_1']:.3f} / {c['truth_1']:.3f}")
     rows["click"] = (f"click-segmentation mIoU (n={rep['click_mIoU']['n']})", f"{rep['click_mIoU']['mIoU']:.3f}")
     rows.update(_v2_rows(rep))
+    p = rep.get("proposals")
+    if p:
+        rows["proposals"] = (f"proposals: recall@0.5 / matched mIoU / per image (objects={p['objects']})",
+                             f"{p['recall@0.5']:.3f} / {p['matched_mIoU']:.3f} / {p['per_image']:.2f}")
     rows["latency"] = ("median latency per turn", f"{rep['latency_ms_median']:.1f} ms")
     return rows
 
@@ -453,6 +498,9 @@ def run_cli(args) -> int:
         pipe.model.config.box_head.source = args.box_source
     if getattr(args, "exclusive", None):
         pipe.model.config.mask_head.exclusive = args.exclusive == "on"
+    if getattr(args, "selection", None):
+        pipe.model.config.objects.selection = args.selection
+    proposals = getattr(args, "proposals", "model")
     if args.data == "shapesref":
         items, total = shapesref_items(args.seed, args.count, v2_count), None
     elif args.data.startswith("refcoco:"):
@@ -463,8 +511,16 @@ def run_cli(args) -> int:
         items, total = _dataset_items(ds), len(ds)
     else:
         items, total = jsonl_items(args.data), None
-    rep = evaluate(pipe, items, total=total, batch_size=batch_size)
+    try:
+        rep = evaluate(pipe, items, total=total, batch_size=batch_size, proposals=proposals)
+    except ValueError as e:
+        if "proposals" not in str(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rep["model"] = args.model
+    if getattr(pipe.model, "object_tokens", None) is not None:
+        rep["objects"] = {"proposals": proposals, "selection": pipe.model.config.objects.selection}
     rep["box_source"] = pipe.model.config.box_head.source
     rep["exclusive"] = pipe.model.config.mask_head.exclusive
     rep["data"] = args.data if args.data != "shapesref" else {"shapesref_seed": args.seed, "scenes": args.count,

@@ -24,7 +24,7 @@ from perception.geometry import boxes_of_masks, context_boxes
 from perception.heads import BoxHead, RegionEncoder, build_mask_head
 from perception.heads.aux import AuxInputs, enabled_aux_heads
 from perception.objects import ensure_object_token, object_slots, placeholder_values
-from perception.prompting import IGNORE, PromptEncoder
+from perception.prompting import IGNORE, PromptEncoder, image_after_question
 
 
 def perception_states(hidden: torch.Tensor, input_ids: torch.Tensor, loc_id: int):
@@ -85,7 +85,8 @@ class PerceptionModel(nn.Module):
         self.config = config
         self.tokenizer = tokenizer = ensure_object_token(config, tokenizer)
         self.backbone = build_backbone(config.backbone, len(tokenizer), pretrained=pretrained_backbone)
-        self.prompts = PromptEncoder(tokenizer, self.backbone.num_image_tokens, object_slots(config))
+        self.prompts = PromptEncoder(tokenizer, self.backbone.num_image_tokens, object_slots(config),
+                                     image_after_question=image_after_question(config))
         if hasattr(self.backbone, "set_image_token_id"):
             self.backbone.set_image_token_id(self.prompts.image_id)
         D = self.backbone.hidden_size

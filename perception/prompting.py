@@ -4,6 +4,10 @@ Layout (LLaVA-1.5's): ``<s>USER: <image>xN\n{user1} ASSISTANT: {answer1}</s>USER
 where ``<image>xN`` is N image-token ids (replaced by image features) and each ``<regionK>`` in a
 user message becomes one ``<region>`` id (replaced by a region embedding).
 
+With ``image_after_question`` (``image_position: after_question``) the first turn reads
+``USER: {user1}\n<image>xN ASSISTANT: ...`` instead: the image tokens, like object tokens, follow
+the question and can attend to it (an ablation of issue 14; later turns are unchanged).
+
 With object tokens (``num_object_tokens`` = K > 0) every turn, replayed history included, carries
 K ``<obj>`` ids after the user's text: ``USER: {user} <obj>xK ASSISTANT:``. Each is replaced by one
 proposal's embedding (perception/objects.py), and standing after the question they can already
@@ -40,13 +44,21 @@ class Encoded:
     region_order: list = field(default_factory=list)  # per <region> id in order: (turn index, region number 1-based)
 
 
+def image_after_question(cfg) -> bool:
+    """Whether PerceptionConfig ``cfg`` puts the image tokens after the first question."""
+    if cfg.image_position not in ("before_question", "after_question"):
+        raise ValueError(f"image_position must be 'before_question' or 'after_question'; got {cfg.image_position!r}")
+    return cfg.image_position == "after_question"
+
+
 class PromptEncoder:
     """Turns conversations into ids for one tokenizer, one image-token count and one object-token
     count per turn (0: no object tokens; the tokenizer must then hold ``<obj>`` otherwise)."""
 
-    def __init__(self, tokenizer, num_image_tokens: int, num_object_tokens: int = 0):
+    def __init__(self, tokenizer, num_image_tokens: int, num_object_tokens: int = 0, image_after_question: bool = False):
         self.tok = tokenizer
         self.n_image = num_image_tokens
+        self.image_after = image_after_question
         self.n_object = num_object_tokens
         ids = tokenizer.convert_tokens_to_ids
         self.object_id = None
@@ -95,7 +107,8 @@ class PromptEncoder:
         """
         enc = Encoded()
         ids, labels = enc.input_ids, enc.labels
-        ids += self.bos + self._user_prefix_first + [self.image_id] * self.n_image + self._newline
+        image = [self.image_id] * self.n_image
+        ids += self.bos + self._user_prefix_first + ([] if self.image_after else image + self._newline)
         for i, (user, answer) in enumerate(turns):
             if i > 0:
                 ids += self._user_prefix
@@ -105,6 +118,8 @@ class PromptEncoder:
             else:
                 u = self.text(user)
             ids += u
+            if i == 0 and self.image_after:
+                ids += self._newline + image
             if self.n_object:
                 ids += self._space + [self.object_id] * self.n_object
             ids += self._assistant

@@ -74,9 +74,22 @@ def build_model(tc: TrainConfig):
         if cfg.mask_head.kind == "sam" and cfg.mask_head.sam_checkpoint:
             model.mask_head.load_sam_checkpoint(cfg.mask_head.sam_checkpoint)  # clear error when missing
         if tc.init_from:
-            warm_start(model, tc.init_from)
-        return model
-    return from_pretrained(tc.model).train()
+            warm_start(model, tc.init_from, skip=tc.init_skip)
+    else:
+        model = from_pretrained(tc.model).train()
+    return freeze(model, tc.freeze)
+
+
+def freeze(model, prefixes: list):
+    """Stop training every parameter whose name starts with one of ``prefixes``. ValueError names a
+    prefix that matches no parameter (a typo would otherwise train everything silently)."""
+    for prefix in prefixes:
+        hits = [p for n, p in model.named_parameters() if n.startswith(prefix)]
+        if not hits:
+            raise ValueError(f"freeze: no parameter name starts with {prefix!r}")
+        for p in hits:
+            p.requires_grad_(False)
+    return model
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -109,14 +122,16 @@ def make_loader(model, tc: TrainConfig, rank: int, world: int, start: int) -> Da
                       prefetch_factor=4 if tc.data.num_workers > 0 else None)
 
 
-def warm_start(model, folder) -> dict:
-    """Copy every tensor of checkpoint ``folder`` whose name and shape the model shares; the rest of
-    the model keeps its fresh initialisation. Prints and returns what was copied / left fresh / skipped."""
+def warm_start(model, folder, skip: list = ()) -> dict:
+    """Copy every tensor of checkpoint ``folder`` whose name and shape the model shares and whose
+    name starts with none of ``skip``; the rest of the model keeps its fresh initialisation. Prints
+    and returns what was copied / left fresh / skipped."""
     from perception.checkpoint import INDEX_NAME, load_sharded
 
     state = load_sharded(Path(folder), INDEX_NAME)
     own = model.state_dict()
-    copied = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    copied = {k: v for k, v in state.items()
+              if k in own and own[k].shape == v.shape and not any(k.startswith(p) for p in skip)}
     model.load_state_dict(copied, strict=False)
     report = {
         "copied": len(copied),

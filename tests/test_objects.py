@@ -312,13 +312,84 @@ def test_tiny_llava_with_object_tokens_trains_and_chats(tiny_tokenizer, scene):
     assert isinstance(again.text, str)
 
 
-def test_the_v2_recipe_trains_tiny_objects_on_v1_and_v2_from_random_init():
+def test_the_v2_recipe_trains_tiny_objects_on_v1_and_v2_warm_starting_the_perception_parts_only():
     from pathlib import Path
 
     from perception.config import DataConfig
     from perception.train import load_train_config
 
     tc = load_train_config(str(Path(__file__).resolve().parent.parent / "configs" / "tiny_shapesref_v2.yaml"), [])
-    assert tc.model == "tiny-objects" and tc.init_from is None
+    assert tc.model == "tiny-objects" and tc.init_from == "runs/tiny-stage3"
+    assert {"backbone.llm", "backbone.projector", "box_head"} <= set(tc.init_skip)  # the LM side starts fresh
+    assert tc.freeze == ["backbone.stem"]
     assert tc.data.tasks == DataConfig().tasks and tc.data.weights == DataConfig().weights
     assert tc.warmup < tc.steps
+
+
+def test_image_tokens_after_the_question(objects_model):
+    """image_position after_question: the first turn's image tokens follow its user text (and come
+    before its object tokens); later turns are unchanged; the default keeps LLaVA's layout."""
+    from perception.prompting import PromptEncoder, image_after_question
+
+    tok = objects_model.tokenizer  # holds <obj>
+    p = PromptEncoder(tok, 4, 2, image_after_question=True)
+    ids = p.encode([("Find the red circle.", "<p>it</p><loc>"), ("And the blue one?", None)], add_generation_prompt=True).input_ids
+    first_image, first_obj = ids.index(p.image_id), ids.index(p.object_id)
+    question = p.text("Find the red circle.")
+    assert ids[first_image - len(question) - 1:first_image - 1] == question  # question, newline, images
+    assert ids.count(p.image_id) == 4 and first_image < first_obj
+    assert ids.count(p.object_id) == 4  # two turns of two
+    before = PromptEncoder(tok, 4, 2).encode([("Find the red circle.", None)], add_generation_prompt=True).input_ids
+    assert before.index(p.image_id) == len(p.bos) + len(p.text("USER: "))
+    cfg = get_preset("tiny")
+    assert not image_after_question(cfg)
+    cfg.image_position = "middle"
+    with pytest.raises(ValueError, match="image_position"):
+        image_after_question(cfg)
+
+
+def test_pipeline_proposals_and_given_object_masks(objects_model, tiny_model, scene):
+    """Pipeline.proposals lists the model's proposals as pixel masks; use_objects replaces them
+    (oracle proposals) and the answer decoder then chooses among those; bad input is named."""
+    from perception.decoding import ObjectDecoder, PointerDecoder, answer_decoder
+    from perception.geometry import mask_iou
+    from perception.pipeline import Pipeline
+
+    pipe = Pipeline(objects_model)
+    assert all(m.shape == scene.masks[0].shape and m.dtype == bool for m in pipe.proposals(scene.image))
+    pipe.use_objects(scene.image, list(scene.masks))
+    got = pipe.proposals(scene.image)
+    assert len(got) == len(scene.masks) and all(mask_iou(g, t) > 0.8 for g, t in zip(got, scene.masks))
+    W, H = scene.image.size
+    with pytest.raises(ValueError, match="at most objects.max_objects"):
+        pipe.use_objects(scene.image, [scene.masks[0]] * 9)
+    with pytest.raises(ValueError, match="object mask 1 is 3x2"):
+        pipe.use_objects(scene.image, [np.zeros((2, 3), bool)])
+    with pytest.raises(ValueError, match="no object tokens"):
+        Pipeline(tiny_model).proposals(scene.image)
+    _, (frame, state) = pipe._prepare(scene.image)
+    assert isinstance(answer_decoder(objects_model, state, frame), PointerDecoder)
+    objects_model.config.objects.selection = "mask"  # the ablation without the pointer
+    try:
+        assert type(answer_decoder(objects_model, state, frame)) is ObjectDecoder
+    finally:
+        objects_model.config.objects.selection = "pointer"
+
+
+def test_evaluator_reports_proposals_scene_sizes_and_runs_with_oracle_proposals(objects_model, tiny_model):
+    from perception.evaluate import evaluate, format_table, shapesref_items
+    from perception.limits import Limits
+    from perception.pipeline import Pipeline
+
+    pipe = Pipeline(objects_model, limits=Limits(max_new_tokens=4))
+    rep = evaluate(pipe, shapesref_items(10_000_000, 2, 1), progress=False)
+    p = rep["proposals"]
+    assert p["images"] == 2 and p["objects"] > 0 and 0 <= p["recall@0.5"] <= 1
+    assert sum(g["n"] for g in rep["grounding_by_objects"].values()) == rep["grounding"]["overall"]["n"]
+    assert "proposals: recall@0.5" in format_table(rep) and "scenes of" in format_table(rep)
+    oracle = evaluate(pipe, shapesref_items(10_000_000, 2, 1), progress=False, proposals="oracle")
+    assert "proposals" not in oracle and oracle["grounding"]["overall"]["n"] == rep["grounding"]["overall"]["n"]
+    with pytest.raises(ValueError, match="one request at a time"):
+        evaluate(pipe, shapesref_items(10_000_000, 1), progress=False, proposals="oracle", batch_size=2)
+    with pytest.raises(ValueError, match="object-token model"):
+        evaluate(Pipeline(tiny_model), shapesref_items(10_000_000, 1), progress=False, proposals="oracle")

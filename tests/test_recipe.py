@@ -105,6 +105,51 @@ def test_warm_start_copies_shared_tensors(tmp_path):
     assert new.region_encoder.box_mlp[0].weight.shape[0] == 128
 
 
+def test_warm_start_skips_prefixes_and_freeze_stops_training(tmp_path):
+    """init_skip keeps tensors under its prefixes fresh; freeze takes parameters out of training
+    (and out of the optimizer); a freeze prefix that matches nothing is an error naming it."""
+    from perception.checkpoint import save_pretrained
+    from perception.config import TrainConfig
+    from perception.train import build_model
+    from perception.training.engines import param_groups
+
+    small = {"backbone": {"text": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128},
+                          "stem": {"channels": [8, 16, 32, 48], "token_grid": 10}},
+             "mask_head": {"dim": 32}}
+    old = build_model(TrainConfig.from_dict({"model": "tiny", "model_overrides": small}))
+    save_pretrained(old, tmp_path / "old")
+    tc = TrainConfig.from_dict({"model": "tiny", "init_from": str(tmp_path / "old"), "model_overrides": small,
+                                "init_skip": ["backbone.llm"], "freeze": ["backbone.stem"]})
+    new = build_model(tc)
+    assert torch.equal(new.backbone.stem.stages[0][0].weight, old.backbone.stem.stages[0][0].weight)
+    assert torch.equal(new.mask_head.query_proj[0].weight, old.mask_head.query_proj[0].weight)
+    llm = "layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(new.backbone.llm.model.get_parameter(llm), old.backbone.llm.model.get_parameter(llm))
+    assert not any(p.requires_grad for p in new.backbone.stem.parameters())
+    optimised = {id(p) for g in param_groups(new, tc) for p in g["params"]}
+    assert not any(id(p) in optimised for p in new.backbone.stem.parameters())
+    assert all(p.requires_grad for p in new.backbone.llm.parameters())
+    with pytest.raises(ValueError, match="'backbone.stme'"):
+        build_model(TrainConfig.from_dict({"model": "tiny", "model_overrides": small, "freeze": ["backbone.stme"]}))
+
+
+def test_a_smaller_token_grid_pools_the_stride16_map():
+    """token_grid 5 at 160 px: 25 image tokens, each the average of a 2x2 cell; a grid that does not
+    divide the stride-16 map is refused by name."""
+    from perception.backbone.stem import StemLlamaBackbone
+    from perception.presets import get_preset
+
+    cfg = get_preset("tiny").backbone
+    cfg.stem.token_grid = 5
+    bb = StemLlamaBackbone(cfg, 64)
+    assert bb.num_image_tokens == 25
+    feats = bb.encode_images(torch.zeros(2, 3, 160, 160))
+    assert feats.tokens.shape[:2] == (2, 25) and feats.maps["s16"].shape[-1] == 10
+    cfg.stem.token_grid = 3
+    with pytest.raises(ValueError, match="token_grid 3"):
+        StemLlamaBackbone(cfg, 64)
+
+
 def test_retired_options_of_saved_configs():
     """A saved config holding a retired option's surviving value loads; any other value is refused by name."""
     from perception.config import BoxHeadConfig, PerceptionConfig

@@ -9,6 +9,7 @@ the stride-16 map (10 x 10) plus a learned 2-D position embedding gives 100 imag
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -60,9 +61,12 @@ class StemLlamaBackbone(Backbone):
         super().__init__(cfg)
         t = cfg.text
         self.stem = ConvStem(cfg.stem.channels)
-        g = cfg.image_size // 16
-        if g != cfg.stem.token_grid:
-            raise ValueError(f"image_size {cfg.image_size} gives a {g}x{g} stride-16 grid, config says {cfg.stem.token_grid}")
+        s16 = cfg.image_size // 16
+        g = cfg.stem.token_grid
+        if g < 1 or s16 % g:
+            raise ValueError(f"image_size {cfg.image_size} gives a {s16}x{s16} stride-16 grid, which stem.token_grid "
+                             f"{g} does not divide")
+        self.pool = s16 // g  # each image token averages a pool x pool cell of the stride-16 map
         c16 = cfg.stem.channels[-1]
         self.pos_embed = nn.Parameter(sincos_2d(g, c16))  # learnable, starts as fixed 2-D sin-cos
         self.projector = nn.Sequential(nn.Linear(c16, t.hidden_size), nn.GELU(), nn.Linear(t.hidden_size, t.hidden_size))
@@ -83,7 +87,8 @@ class StemLlamaBackbone(Backbone):
 
     def encode_images(self, pixel_values):
         maps = self.stem(pixel_values)
-        s16 = maps["s16"].flatten(2).transpose(1, 2)  # (B, N, C16)
+        m16 = maps["s16"] if self.pool == 1 else F.avg_pool2d(maps["s16"], self.pool)
+        s16 = m16.flatten(2).transpose(1, 2)  # (B, N, C16), N = token_grid**2
         return VisualFeatures(self.projector(s16 + self.pos_embed), maps)
 
     def get_input_embeddings(self):

@@ -13,7 +13,7 @@ from perception.geometry import ImageFrame, box_iou, mask_iou
 from perception.heads.aux import SampleObjects
 from perception.objects import object_slots
 from perception.processing import backbone_pixels, mask_side, sam_pixels
-from perception.prompting import IGNORE, PromptEncoder
+from perception.prompting import IGNORE, PromptEncoder, image_after_question
 from perception.regions import Regions
 
 
@@ -31,7 +31,8 @@ class Collator:
         from perception.heads.aux import enabled_aux_heads
 
         self.config = config
-        self.prompts = PromptEncoder(tokenizer, num_image_tokens, object_slots(config))
+        self.prompts = PromptEncoder(tokenizer, num_image_tokens, object_slots(config),
+                                     image_after_question=image_after_question(config))
         self.side = mask_side(config)
         self.region_side = config.region.mask_size * 2
         self.token_grid = int(round(num_image_tokens ** 0.5))  # image tokens form a square grid (token targets)
