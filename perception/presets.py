@@ -45,11 +45,14 @@ def _tiny_objects() -> PerceptionConfig:
     encoder's real embeddings and ground-truth proposals in a stand-alone experiment
     (../shared/TRAINING-NOTES.md). The mask and box heads still decode every ``<loc>`` state and
     are still trained (the paper's design); the pointer picks which proposal is reported.
+    With the objects carried by object tokens the grid is context only: the LM sees 5x5 pooled
+    grid tokens instead of 10x10, which makes a training step 20% cheaper (configs/tiny_shapesref_v2.yaml).
     Real presets keep the paper's path: object tokens are off there by default.
     """
     cfg = _tiny()
     cfg.preset = "tiny-objects"
     cfg.objects = ObjectTokensConfig(enabled=True)
+    cfg.backbone.stem.token_grid = 5  # 25 grid tokens: the objects travel as object tokens (20% faster steps)
     return cfg
 
 
