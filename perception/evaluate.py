@@ -314,7 +314,7 @@ def evaluate(pipe, items, progress: bool = True, total=None, batch_size: int = 1
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if proposals not in ("model", "oracle"):
         raise ValueError(f"proposals must be 'model' or 'oracle'; got {proposals!r}")
-    has_objects = getattr(pipe.model, "object_tokens", None) is not None
+    has_objects = getattr(getattr(pipe, "model", None), "object_tokens", None) is not None
     if proposals == "oracle" and not has_objects:
         raise ValueError("oracle proposals need an object-token model (objects.enabled)")
     if proposals == "oracle" and batch_size > 1:

@@ -203,7 +203,7 @@ def _load_or_build(tc: TrainConfig, resume):
 
         apply_lora(model)
     state = read_trainer_state(resume)
-    return model, state["step"], state
+    return freeze(model, tc.freeze), state["step"], state  # frozen parts stay frozen (the optimizer state has no slots for them)
 
 
 @dataclass

@@ -68,3 +68,25 @@ def test_plots_take_stage_folders_or_metrics_files(tmp_path):
     assert starts == [0, 60] and rows[-1]["step"] == 100 and [e["step"] for e in evals] == [60, 100]
     out = plot_run([tmp_path / "a", tmp_path / "b" / "metrics.jsonl"])
     assert out == tmp_path / "b" / "metrics.png" and out.stat().st_size > 10_000
+
+
+def test_frozen_parts_stay_frozen_and_unchanged_across_a_resume(tmp_path):
+    """``freeze``: the frozen stem gets no update, and a resumed run freezes it again (its optimizer
+    state has no slots for the frozen parameters)."""
+    import torch
+
+    from perception.checkpoint import from_pretrained
+    from perception.train import train
+
+    def stem(step):
+        return from_pretrained(tmp_path / "run" / f"checkpoint-{step:06d}").backbone.stem.state_dict()
+
+    train(_cfg(tmp_path, 4, save_every=2, freeze=["backbone.stem"]), progress=False)
+    s2, s4 = stem(2), stem(4)
+    out = train(_cfg(tmp_path, 6, save_every=2, freeze=["backbone.stem"]), progress=False)  # resumes from step 4
+    steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
+    assert steps[-2:] == [5, 6]
+    s6 = stem(6)
+    assert all(torch.equal(s2[k], s4[k]) and torch.equal(s4[k], s6[k]) for k in s2)
+    assert not torch.equal(from_pretrained(out / "checkpoint-000004").backbone.projector[0].weight,
+                           from_pretrained(out / "checkpoint-000006").backbone.projector[0].weight)  # the rest trains
