@@ -56,7 +56,7 @@ def plot_run(run_dir, out=None, title=None) -> Path:
     rows, evals, starts = read_stages(dirs)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     steps = np.array([r["step"] for r in rows])
-    for key in ("ce", "mask_bce", "mask_dice", "click", "box_giou", "token_aux", "region_aux"):
+    for key in ("ce", "mask_bce", "mask_dice", "click", "box_giou", "token_aux", "region_aux", "pointer", "proposal"):
         have = [i for i, r in enumerate(rows) if key in r]  # a loss part may exist in some stages only
         if not have:
             continue
