@@ -127,7 +127,7 @@ class PointerDecoder(ObjectDecoder):
             return None
         scores = self._pointer.scores(loc_state, self._object_states[None], valid[None])[0]
         j = int(scores.argmax())
-        mask = (self.frame.logits_to_pixels(objs.masks[b, j][None].float())[0] >= 0.5).cpu().numpy()
+        mask = objs.pixel_mask(b, j, self.frame)
         if not self._keep(mask, box_from_mask(mask), float(scores.softmax(-1)[j])):
             return None
         self._chosen[j] = True

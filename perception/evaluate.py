@@ -312,13 +312,7 @@ def evaluate(pipe, items, progress: bool = True, total=None, batch_size: int = 1
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    if proposals not in ("model", "oracle"):
-        raise ValueError(f"proposals must be 'model' or 'oracle'; got {proposals!r}")
-    has_objects = getattr(getattr(pipe, "model", None), "object_tokens", None) is not None
-    if proposals == "oracle" and not has_objects:
-        raise ValueError("oracle proposals need an object-token model (objects.enabled)")
-    if proposals == "oracle" and batch_size > 1:
-        raise ValueError("oracle proposals are given one request at a time: use batch_size 1")
+    has_objects = check_proposals(pipe, proposals, batch_size)
     acc = Accumulator()
     pending = []  # [gt, turn, result or None, seconds] in item order; None: a one-turn request waiting for its batch
     scene = None
@@ -337,6 +331,19 @@ def evaluate(pipe, items, progress: bool = True, total=None, batch_size: int = 1
             _flush(pipe, acc, pending)
     _flush(pipe, acc, pending)
     return acc.report()
+
+
+def check_proposals(pipe, proposals: str, batch_size: int) -> bool:
+    """ValueError unless ``proposals`` ("model" | "oracle") suits ``pipe`` and ``batch_size``;
+    returns whether the pipeline's model has object tokens."""
+    if proposals not in ("model", "oracle"):
+        raise ValueError(f"proposals must be 'model' or 'oracle'; got {proposals!r}")
+    has_objects = getattr(getattr(pipe, "model", None), "object_tokens", None) is not None
+    if proposals == "oracle" and not has_objects:
+        raise ValueError("oracle proposals need an object-token model (objects.enabled)")
+    if proposals == "oracle" and batch_size > 1:
+        raise ValueError("oracle proposals are given one request at a time: use batch_size 1")
+    return has_objects
 
 
 def _answered(pipe, gt, turn) -> list:
@@ -512,14 +519,13 @@ def run_cli(args) -> int:
     else:
         items, total = jsonl_items(args.data), None
     try:
-        rep = evaluate(pipe, items, total=total, batch_size=batch_size, proposals=proposals)
+        has_objects = check_proposals(pipe, proposals, batch_size)
     except ValueError as e:
-        if "proposals" not in str(e):
-            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    rep = evaluate(pipe, items, total=total, batch_size=batch_size, proposals=proposals)
     rep["model"] = args.model
-    if getattr(pipe.model, "object_tokens", None) is not None:
+    if has_objects:
         rep["objects"] = {"proposals": proposals, "selection": pipe.model.config.objects.selection}
     rep["box_source"] = pipe.model.config.box_head.source
     rep["exclusive"] = pipe.model.config.mask_head.exclusive

@@ -80,6 +80,10 @@ class ObjectSet:
     def select(self, index) -> "ObjectSet":
         return ObjectSet(*(t[index] for t in (self.masks, self.boxes, self.valid, self.scores, self.embeds)))
 
+    def pixel_mask(self, b: int, j: int, frame) -> np.ndarray:
+        """Slot ``j`` of image ``b`` as an H x W bool mask in input-image pixels (``frame``: an ImageFrame)."""
+        return (frame.logits_to_pixels(self.masks[b, j][None].float())[0] >= 0.5).cpu().numpy()
+
 
 def fourier_positions(boxes: torch.Tensor, freqs: int) -> torch.Tensor:
     """(N, 4) normalised corners -> (N, 8 * freqs): sin and cos of pi * 2^i * (cx, cy, w, h), i < freqs."""
@@ -207,6 +211,20 @@ class ObjectTokens(nn.Module):
         scores = valid.float() if scores is None else scores * valid
         return ObjectSet(masks * valid[..., None, None], boxes.view(B, K, 4) * valid[..., None], valid, scores, embeds)
 
+    def from_pixel_masks(self, region_encoder, feats, masks: list, frame) -> ObjectSet:
+        """One image's given proposals, H x W bool masks in input-image pixels (at most K; ``frame``
+        maps them to the model frame), in slot order -> ObjectSet of a batch of one."""
+        from perception.processing import mask_side
+
+        side = mask_side(self.cfg)
+        grid = torch.zeros(1, self.k, side, side)
+        for j, m in enumerate(masks):
+            grid[0, j] = frame.mask_to_model(m, side)
+        valid = torch.zeros(1, self.k, dtype=torch.bool)
+        valid[0, :len(masks)] = True
+        device = feats.pixels.device
+        return self.from_masks(region_encoder, feats, grid.to(device), valid.to(device))
+
     # --- the pointer --------------------------------------------------------------------------
     def scores(self, loc_states: torch.Tensor, object_states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """loc_states (L, D), object_states (L, K, D), valid (L, K) bool -> (L, K) pointer logits
@@ -291,7 +309,7 @@ def proposal_quality(model, samples: list, threshold: float = 0.5) -> dict:
         state = model.encode_images(model.backbone.preprocess(s.image)[None].to(model.device), propose=False)
         objs = model.object_tokens.propose(model.mask_head, model.region_encoder, state.mask)
         keep = objs.valid[0].nonzero().flatten()
-        props = [(frame.logits_to_pixels(objs.masks[0, j][None].float())[0] >= 0.5).cpu().numpy() for j in keep.tolist()]
+        props = [objs.pixel_mask(0, j, frame) for j in keep.tolist()]
         _, pair_ious = proposal_recall(props, list(s.masks), threshold)
         found, ious = found + len(pair_ious), ious + pair_ious
         n_props, n_objs = n_props + len(props), n_objs + len(s.masks)

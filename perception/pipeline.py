@@ -157,22 +157,21 @@ class Pipeline:
     def proposals(self, image) -> list:
         """The objects the model proposes for ``image``, one per object token, best first: H x W
         bool masks in input pixels. ValueError for a model without object tokens."""
-        image, (frame, state) = self._prepare(self._check_objects(image))
+        self._require_object_tokens()
+        image, (frame, state) = self._prepare(image)
         objs = state.objects
         if objs is None:
             raise ValueError("no object proposals for this image (objects.proposals is 'oracle'): give them with use_objects")
         with self._lock, torch.no_grad():
-            return [(frame.logits_to_pixels(objs.masks[0, j][None].float())[0] >= 0.5).cpu().numpy()
-                    for j in objs.valid[0].nonzero().flatten().tolist()]
+            return [objs.pixel_mask(0, j, frame) for j in objs.valid[0].nonzero().flatten().tolist()]
 
     def use_objects(self, image, masks) -> None:
         """Answer later requests about ``image`` with ``masks`` as its object tokens instead of the
         model's own proposals: H x W bool masks in input pixels, at most ``objects.max_objects``
         (ground-truth masks give the upper bound on selection, "oracle proposals"; masks from
         another segmenter work the same way). Holds while the image stays in the feature cache."""
-        from perception.processing import mask_side
-
-        image, (frame, state) = self._prepare(self._check_objects(image))
+        self._require_object_tokens()
+        image, (frame, state) = self._prepare(image)
         model, W, H = self.model, *image.size
         masks = [np.asarray(m, dtype=bool) for m in masks]
         k = model.config.objects.max_objects
@@ -181,20 +180,12 @@ class Pipeline:
         for i, m in enumerate(masks, 1):
             if m.shape != (H, W):
                 raise ValueError(f"object mask {i} is {m.shape[1]}x{m.shape[0]}; the image is {W}x{H}")
-        side = mask_side(model.config)
-        grid = torch.zeros(1, k, side, side)
-        for j, m in enumerate(masks):
-            grid[0, j] = frame.mask_to_model(m, side)
-        valid = torch.zeros(1, k, dtype=torch.bool)
-        valid[0, :len(masks)] = True
         with self._lock, torch.no_grad():
-            state.objects = model.object_tokens.from_masks(model.region_encoder, state.mask, grid.to(self.device),
-                                                           valid.to(self.device))
+            state.objects = model.object_tokens.from_pixel_masks(model.region_encoder, state.mask, masks, frame)
 
-    def _check_objects(self, image):
+    def _require_object_tokens(self) -> None:
         if getattr(self.model, "object_tokens", None) is None:
             raise ValueError("this model has no object tokens (objects.enabled is off): it proposes no objects")
-        return image
 
     # --- chat ---------------------------------------------------------------------------------
     def chat(self, image, message: str, history=None, regions=None, max_new_tokens=None) -> Answer:
