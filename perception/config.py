@@ -133,6 +133,7 @@ class ObjectTokensConfig:
     duplicate_iou: float = 0.7  # a proposal whose mask overlaps a better proposal's by this IoU is dropped
     drop_prob: float = 0.1  # training: probability that one ground-truth proposal is left out (its <loc>s get no pointer target)
     extra_prob: float = 0.2  # training: probability of one extra, non-object proposal (a random background box)
+    own_proposals: float = 0.0  # training: probability that an image's object tokens come from the model's own proposals (matched ground truth keeps its slot; see ObjectTokens.from_batch)
 
 
 @dataclass
@@ -158,6 +159,7 @@ class LossWeights:
     region_aux: float = 0.5  # attribute targets on region-encoder outputs (regions and fed-back <loc>s; see TokenAuxConfig)
     pointer: float = 1.0  # object tokens: cross-entropy of the <loc> pointer over the turn's object tokens
     proposal: float = 1.0  # object tokens: focal loss of the centre heatmap
+    match: float = 0.0  # object tokens: per-turn BCE read-out "this object is one the request asks for" on each object-token state (0: no read-out)
 
 
 @dataclass

@@ -198,7 +198,7 @@ class PerceptionModel(nn.Module):
         w = self.config.loss
         state = self.encode_images(batch["pixel_values"], batch.get("mask_pixel_values"), propose=False)
         if "object_masks" in batch:
-            state.objects = self.object_tokens.from_batch(self.region_encoder, state.mask, batch)
+            state.objects = self.object_tokens.from_batch(self.mask_head, self.region_encoder, state.mask, batch)
         region_embeds = self.encode_regions(state, batch.get("regions"))
         fed, fb = batch.get("loc_fed"), None
         if self.config.loc_feedback and fed is not None and bool(fed.any()):

@@ -149,6 +149,53 @@ def proposal_recall(proposals: list, truths: list, threshold: float = 0.5) -> tu
     return (len(ious) / len(truths) if truths else 1.0), ious
 
 
+# Tasks whose turns ask for objects even when the answer grounds none (ShapesRef v2's no-target
+# requests and "same as <region1>"): their object tokens all learn "not asked for".
+ASKS_FOR_OBJECTS = ("ground_none", "ground_all_none", "count_none", "same_as_region")
+
+
+@torch.no_grad()
+def with_own_proposals(tokens, mask_head, feats, masks, valid, is_gt, rows):
+    """Training proposals of images ``rows`` replaced by the model's own (``proposal_masks``).
+
+    masks (B, K, m, m) in [0, 1], valid / is_gt (B, K) bool: the collated ground-truth slots. In each
+    row, proposals are matched one-to-one to the ground-truth slots by mask IoU >= 0.5 (best pairs
+    first); a matched shown slot takes its proposal's mask, so every ``<loc>`` keeps its target
+    slot (a proposal of a dropped object stays out); a ground-truth object no proposal found keeps
+    its true mask; unmatched proposals (false positives) fill the free slots as valid non-objects.
+    Returns new (masks, valid).
+    """
+    masks, valid = masks.clone(), valid.clone()
+    pm, pv, _ = tokens.proposal_masks(mask_head, feats.select(rows))
+    if pm.shape[-2:] != masks.shape[-2:]:
+        pm = F.interpolate(pm, size=masks.shape[-2:], mode="nearest")
+    for r, b in enumerate(rows.tolist()):
+        props = pm[r][pv[r]].flatten(1) > 0.5  # (P, n)
+        slots = is_gt[b].nonzero().flatten()  # shown and dropped ground truth (a dropped one is never re-added)
+        truths = masks[b, slots].flatten(1) > 0.5
+        inter = props.float() @ truths.float().T
+        union = props.sum(1, keepdim=True) + truths.sum(1)[None] - inter
+        iou = inter / union.clamp(min=1)
+        used_p, used_t = set(), set()
+        for flat in iou.flatten().argsort(descending=True).tolist():
+            i, j = divmod(flat, len(slots))
+            if iou[i, j] < 0.5:
+                break
+            if i in used_p or j in used_t:
+                continue
+            used_p.add(i)
+            used_t.add(j)
+            if valid[b, slots[j]]:
+                masks[b, slots[j]] = props[i].view(masks.shape[-2:]).to(masks.dtype)
+        free = (~valid[b] & ~is_gt[b]).nonzero().flatten().tolist()
+        for i in range(props.shape[0]):
+            if i not in used_p and free:
+                j = free.pop(0)
+                masks[b, j] = props[i].view(masks.shape[-2:]).to(masks.dtype)
+                valid[b, j] = True
+    return masks, valid
+
+
 def _duplicates(fg: torch.Tensor, bidx: torch.Tensor, threshold: float) -> torch.Tensor:
     """(P, n) flattened binary masks, best first within each image bidx (P,) -> (P,) bool: the
     mask overlaps an earlier mask of its image by IoU >= threshold."""
@@ -172,14 +219,21 @@ class ObjectTokens(nn.Module):
         self.empty = nn.Parameter(torch.zeros(dim))
         self.query = nn.Linear(dim, oc.pointer_dim)
         self.key = nn.Linear(dim, oc.pointer_dim)
+        # "is this object one the turn asks for?" on each object-token state (loss.match; training only)
+        self.match = nn.Linear(dim, 1) if cfg.loss.match > 0 else None
 
     enabled = staticmethod(objects_on)
 
     # --- proposals -> object tokens -----------------------------------------------------------
     def propose(self, mask_head, region_encoder, feats) -> ObjectSet:
         """Heatmap peaks -> clicks -> proposal masks (mask head's click path) -> ObjectSet, best
-        first. A proposal whose mask overlaps a better one's by IoU >= ``duplicate_iou`` (two peaks
-        on one object) is dropped, so one object is one token."""
+        first (``proposal_masks``)."""
+        return self.from_masks(region_encoder, feats, *self.proposal_masks(mask_head, feats))
+
+    def proposal_masks(self, mask_head, feats):
+        """The proposals of images ``feats`` (B images): (masks (B, K, m, m) binary, valid (B, K)
+        bool, scores (B, K)), best first. A proposal whose mask overlaps a better one's by IoU >=
+        ``duplicate_iou`` (two peaks on one object) is not valid, so one object is one token."""
         oc = self.cfg.objects
         B = feats.pixels.shape[0]
         points, bidx, slot, score = heatmap_peaks(self.proposal_head(feats.pixels), self.k, oc.score_threshold, oc.nms_kernel)
@@ -192,7 +246,7 @@ class ObjectTokens(nn.Module):
         scores[bidx, slot] = score.to(scores.dtype)
         valid = torch.zeros(B, self.k, dtype=torch.bool, device=masks.device)
         valid[bidx, slot] = keep
-        return self.from_masks(region_encoder, feats, masks, valid, scores)
+        return masks, valid, scores
 
     def from_masks(self, region_encoder, feats, masks: torch.Tensor, valid: torch.Tensor, scores=None) -> ObjectSet:
         """Given proposals ("oracle": ground-truth masks) -> ObjectSet. masks (B, K, m, m) in [0, 1]
@@ -240,7 +294,10 @@ class ObjectTokens(nn.Module):
         """One sample's ground-truth masks as proposals: ``object_masks`` (1, K, side, side) in slot
         order (shuffled; with ``drop_prob`` one left out, kept in a trailing slot marked not valid,
         with ``extra_prob`` one random background box inserted), ``object_valid`` / ``object_is_gt``
-        (1, K) bool, and ``loc_slots`` (one per <loc>, all turns) the slot of its object or IGNORE."""
+        (1, K) bool, ``loc_slots`` (one per <loc>, all turns) the slot of its object or IGNORE, and
+        ``turn_match`` (turns, K): per turn that asks for objects (it grounds some, or its task is one
+        whose answer may ground none: ``ASKS_FOR_OBJECTS``) 1 on the slots of the objects it grounds,
+        0 elsewhere; -1 (no target) on every other turn."""
         from perception.processing import mask_side
 
         oc, side = cfg.objects, mask_side(cfg)
@@ -268,11 +325,27 @@ class ObjectTokens(nn.Module):
             if kind == "object":
                 slot_of[k] = j
         loc_slots = torch.tensor([slot_of.get(k, IGNORE) for k in s.loc_objects], dtype=torch.long)
-        return {"object_masks": masks[None], "object_valid": valid[None], "object_is_gt": is_gt[None], "loc_slots": loc_slots}
+        turn_match = torch.full((len(s.sample.turns), K), -1, dtype=torch.long)
+        for t, turn in enumerate(s.sample.turns):
+            if turn.targets or turn.task in ASKS_FOR_OBJECTS:
+                turn_match[t] = 0
+                for k in turn.targets:
+                    if k in slot_of:
+                        turn_match[t, slot_of[k]] = 1
+        return {"object_masks": masks[None], "object_valid": valid[None], "object_is_gt": is_gt[None],
+                "loc_slots": loc_slots, "turn_match": turn_match}
 
-    def from_batch(self, region_encoder, feats, batch: dict) -> ObjectSet:
-        """The collated ground-truth proposals -> ObjectSet (gradients reach the region encoder)."""
-        return self.from_masks(region_encoder, feats, batch["object_masks"].to(feats.pixels.dtype), batch["object_valid"])
+    def from_batch(self, mask_head, region_encoder, feats, batch: dict) -> ObjectSet:
+        """The collated proposals -> ObjectSet (gradients reach the region encoder). While training,
+        each image with probability ``objects.own_proposals`` gets the model's own proposals instead
+        (``with_own_proposals``), which is what inference gives the LM."""
+        masks, valid = batch["object_masks"].to(feats.pixels.dtype), batch["object_valid"]
+        p = self.cfg.objects.own_proposals
+        if self.training and p > 0:
+            rows = (torch.rand(masks.shape[0]) < p).nonzero().flatten().to(masks.device)
+            if len(rows):
+                masks, valid = with_own_proposals(self, mask_head, feats, masks, valid, batch["object_is_gt"], rows)
+        return self.from_masks(region_encoder, feats, masks, valid)
 
     def loss(self, x, batch: dict) -> dict:
         """{"pointer": cross-entropy of every <loc> with a target slot, "proposal": centre focal loss}."""
@@ -291,7 +364,26 @@ class ObjectTokens(nn.Module):
         target_map = torch.stack([centre_heatmap(g[g.flatten(1).amax(1) > 0], heat.shape[-2:], self.cfg.objects.heatmap_sigma)
                                   for g in gt])
         out["proposal"] = centre_focal_loss(heat, target_map)
+        if self.match is not None:
+            out["match"] = self.match_loss(x, batch)
         return out
+
+    def match_loss(self, x, batch: dict):
+        """Mean BCE of the match read-out over the object tokens of every turn that asks for objects
+        (``turn_match`` >= 0) and holds a proposal. Rows of ``turn_match`` are the batch's turns in
+        order; each turn has K ``<obj>`` ids."""
+        is_obj = x.input_ids == x.object_id
+        states = x.hidden[is_obj].view(-1, self.k, x.hidden.shape[-1])  # (turns, K, D), row-major
+        turn_row = is_obj.sum(1) // self.k  # turns per row
+        valid = x.state.objects.valid.repeat_interleave(turn_row, 0)  # (turns, K)
+        target = batch["turn_match"].to(states.device)
+        if target.shape[0] != states.shape[0]:
+            raise ValueError(f"{target.shape[0]} turns have match targets but the prompts hold {states.shape[0]} turns of object tokens")
+        keep = (target >= 0) & valid
+        if not bool(keep.any()):
+            return None
+        logits = self.match(states.float())[..., 0]
+        return F.binary_cross_entropy_with_logits(logits[keep], target[keep].float())
 
 
 @torch.no_grad()

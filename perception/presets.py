@@ -53,6 +53,12 @@ def _tiny_objects() -> PerceptionConfig:
     cfg.preset = "tiny-objects"
     cfg.objects = ObjectTokensConfig(enabled=True)
     cfg.backbone.stem.token_grid = 5  # 25 grid tokens: the objects travel as object tokens (20% faster steps)
+    # Half the training images get their object tokens from the model's own proposals (inference
+    # only ever sees those: with ground-truth masks only, 1,000-scene Acc@0.5 was 0.78 against 0.94
+    # with oracle proposals), and every object token learns whether it is what the turn asks for,
+    # so "there is none" can be read from the tokens (docs/RESULTS.md, issue 14).
+    cfg.objects.own_proposals = 0.5
+    cfg.loss.match = 1.0
     return cfg
 
 

@@ -204,6 +204,76 @@ def test_selection_loss_falls_in_a_few_steps(tiny_tokenizer):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_match_targets_mark_what_each_turn_asks_for(objects_model):
+    """turn_match: a grounding turn marks its objects' slots, a no-target turn marks none, a region
+    question has no target (-1)."""
+    from perception.data.collate import Collator
+    from perception.data.shapesref import make_sample
+
+    model = objects_model
+    cfg = dataclasses.replace(model.config, objects=dataclasses.replace(model.config.objects, drop_prob=0.0, extra_prob=0.0))
+    col = Collator(cfg, model.tokenizer, model.backbone.num_image_tokens, seed=1)
+    samples = [make_sample(7, tasks=["ground_all"], n_objects=3), make_sample(8, tasks=["ground_none"], n_objects=3),
+               make_sample(9, tasks=["region_color"], n_objects=3)]
+    batch = col(samples)
+    tm = batch["turn_match"]
+    assert tm.shape == (sum(len(s.turns) for s in samples), 8)
+    k = 0
+    for t in samples[0].turns:
+        slots = batch["loc_slots"][k:k + len(t.targets)].tolist()
+        k += len(t.targets)
+        assert sorted(tm[0].nonzero().flatten().tolist()) == sorted(slots) and len(slots) > 0
+    assert tm[0].min() == 0 and (tm[1] == 0).all() and (tm[2] == -1).all()
+
+
+def test_match_loss_falls_in_a_few_steps(tiny_tokenizer):
+    from perception.data.collate import Collator
+    from perception.data.shapesref import make_sample
+
+    model = _objects_model(tiny_tokenizer).train()
+    assert model.config.loss.match > 0 and model.object_tokens.match is not None
+    col = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens, seed=0)
+    batch = col([make_sample(s, tasks=["ground_A", "ground_none", "ground_all"], n_objects=4) for s in range(4)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        torch.manual_seed(0)  # the same own-proposal draw every step
+        out = model(batch)
+        losses.append(float(out["match"].detach()))
+        opt.zero_grad()
+        out["match"].backward()
+        opt.step()
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_own_proposals_replace_matched_truths_and_add_false_positives(objects_model, monkeypatch):
+    """with_own_proposals: a proposal matching a shown object takes its slot; an object no proposal
+    found keeps its true mask; a proposal of a dropped object stays out; a false positive fills a
+    free slot as a valid non-object."""
+    from perception.objects import with_own_proposals
+
+    model = objects_model
+    side, K = 8, model.config.objects.max_objects
+    truth = torch.zeros(1, K, side, side)
+    truth[0, 0, :4, :4] = 1  # shown, found (with a slightly different mask)
+    truth[0, 1, 4:, 4:] = 1  # shown, missed
+    truth[0, 2, :4, 4:] = 1  # dropped, found
+    valid = torch.tensor([[True, True, False] + [False] * (K - 3)])
+    is_gt = torch.tensor([[True, True, True] + [False] * (K - 3)])
+    props = torch.zeros(1, K, side, side)
+    props[0, 0, :4, :3] = 1  # IoU 0.75 with object 0
+    props[0, 1, :4, 4:] = 1  # the dropped object
+    props[0, 2, 5:, :2] = 1  # nothing
+    pvalid = torch.tensor([[True, True, True] + [False] * (K - 3)])
+    monkeypatch.setattr(model.object_tokens, "proposal_masks", lambda mask_head, feats: (props, pvalid, pvalid.float()))
+    feats = type("F", (), {"select": lambda self, rows: self})()
+    masks, v = with_own_proposals(model.object_tokens, None, feats, truth, valid, is_gt, torch.tensor([0]))
+    assert torch.equal(masks[0, 0], props[0, 0]) and torch.equal(masks[0, 1], truth[0, 1])
+    assert torch.equal(masks[0, 2], truth[0, 2]) and not v[0, 2]  # the dropped slot is untouched
+    assert torch.equal(masks[0, 3], props[0, 2]) and v[0, 3]  # the false positive, in the first free slot
+    assert int(v.sum()) == 3 and torch.equal(truth[0, 0, :4, :4], torch.ones(4, 4))  # inputs not changed
+
+
 def test_the_pointer_reports_the_chosen_proposal_once(objects_model):
     """A forced answer with three <loc>s over two proposals: two different proposals, then nothing."""
     from perception.data.shapesref import make_sample
@@ -286,7 +356,7 @@ def test_save_load_round_trip_keeps_the_object_parts(objects_model, tmp_path, sc
     sd, sd2 = model.state_dict(), back.state_dict()
     names = [k for k in sd if k.startswith("object_tokens.")]
     assert {"object_tokens.position.weight", "object_tokens.empty", "object_tokens.query.weight",
-            "object_tokens.proposal_head.net.0.weight"} <= set(names)
+            "object_tokens.proposal_head.net.0.weight", "object_tokens.match.weight"} <= set(names)
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)
     _, s1, _ = _state_with_truths(model, scene)
     _, s2, _ = _state_with_truths(back, scene)
