@@ -37,6 +37,9 @@ def main(argv=None) -> int:
                         "scenes' ground-truth masks as object tokens (the upper bound on selection)")
     e.add_argument("--selection", default=None, choices=["pointer", "mask"],
                    help="object-token models: override objects.selection (mask: the <loc> state draws; pointer off)")
+    e.add_argument("--match-gate", type=float, default=None,
+                   help="object-token models with a match read-out: override objects.match_gate (a <loc> chooses "
+                        "only objects the turn asks for with at least this probability; 0: off)")
     e.add_argument("--exclusive", default=None, choices=["on", "off"],
                    help="override mask_head.exclusive: each object of an answer takes pixels no earlier one took")
 

@@ -133,6 +133,7 @@ class ObjectTokensConfig:
     duplicate_iou: float = 0.7  # a proposal whose mask overlaps a better proposal's by this IoU is dropped
     drop_prob: float = 0.1  # training: probability that one ground-truth proposal is left out (its <loc>s get no pointer target)
     extra_prob: float = 0.2  # training: probability of one extra, non-object proposal (a random background box)
+    match_gate: float = 0.0  # inference: a <loc> may only choose an object token whose match read-out (loss.match) is at least this probability (0: off)
     own_proposals: float = 0.0  # training: probability that an image's object tokens come from the model's own proposals (matched ground truth keeps its slot; see ObjectTokens.from_batch)
 
 

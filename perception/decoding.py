@@ -11,7 +11,9 @@ Object-token models (``objects.enabled``, perception/objects.py) choose instead 
 (``PointerDecoder``): the pointer scores the current turn's object tokens (their states come from
 ``see_prompt``, which generation calls once with the prompt's last-layer states), the best
 proposal no earlier ``<loc>`` of the answer chose is the object (its mask and the mask's box), and
-``Grounding.score`` is the pointer's probability. That mask is what feedback feeds back.
+``Grounding.score`` is the pointer's probability. That mask is what feedback feeds back. With
+``objects.match_gate`` a ``<loc>`` chooses only among the proposals whose object token's match
+read-out says the turn asks for it.
 
 No placeholder objects: a ``<loc>`` whose mask has fewer than ``mask_head.min_object_pixels``
 pixels above ``mask_threshold`` (after the exclusive claim) grounds nothing -- it is dropped from
@@ -114,6 +116,10 @@ class PointerDecoder(ObjectDecoder):
         T = torch.tensor([input_ids.shape[0]])
         self._object_states = turn_object_states(hidden[None], input_ids[None], self.model.prompts.object_id,
                                                  self._pointer.k, torch.zeros(1, dtype=torch.long), T)[0]
+        gate = self.model.config.objects.match_gate
+        if gate > 0 and self._pointer.match is not None:  # objects the turn does not ask for are never chosen
+            asked = self._pointer.match(self._object_states.float())[:, 0].sigmoid() >= gate
+            self._chosen |= ~asked.to(self._chosen.device)
 
     @torch.no_grad()
     def __call__(self, loc_state: torch.Tensor):

@@ -507,6 +507,8 @@ def run_cli(args) -> int:
         pipe.model.config.mask_head.exclusive = args.exclusive == "on"
     if getattr(args, "selection", None):
         pipe.model.config.objects.selection = args.selection
+    if getattr(args, "match_gate", None) is not None:
+        pipe.model.config.objects.match_gate = args.match_gate
     proposals = getattr(args, "proposals", "model")
     if args.data == "shapesref":
         items, total = shapesref_items(args.seed, args.count, v2_count), None
@@ -526,7 +528,8 @@ def run_cli(args) -> int:
     rep = evaluate(pipe, items, total=total, batch_size=batch_size, proposals=proposals)
     rep["model"] = args.model
     if has_objects:
-        rep["objects"] = {"proposals": proposals, "selection": pipe.model.config.objects.selection}
+        oc = pipe.model.config.objects
+        rep["objects"] = {"proposals": proposals, "selection": oc.selection, "match_gate": oc.match_gate}
     rep["box_source"] = pipe.model.config.box_head.source
     rep["exclusive"] = pipe.model.config.mask_head.exclusive
     rep["data"] = args.data if args.data != "shapesref" else {"shapesref_seed": args.seed, "scenes": args.count,

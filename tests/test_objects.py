@@ -301,6 +301,30 @@ def test_the_pointer_reports_the_chosen_proposal_once(objects_model):
     assert all(0 < g.score <= 1 for g in got[:2])
 
 
+@pytest.mark.parametrize("bias, grounded", [(10.0, 2), (-10.0, 0)])
+def test_the_match_gate_keeps_the_pointer_to_objects_the_turn_asks_for(tiny_tokenizer, bias, grounded):
+    """objects.match_gate: with every object read as asked for the gate changes nothing; with none,
+    no <loc> grounds anything."""
+    from perception.data.shapesref import make_sample
+    from perception.decoding import answer_decoder
+    from perception.generation import generate
+
+    model = _objects_model(tiny_tokenizer)
+    model.config.objects.match_gate = 0.5
+    with torch.no_grad():
+        model.object_tokens.match.weight.zero_()
+        model.object_tokens.match.bias.fill_(bias)
+    sample = make_sample(11, tasks=["ground_A"], n_objects=2)
+    frame, state, _ = _state_with_truths(model, sample)
+    p = model.prompts
+    ids = torch.tensor([p.encode([("Find all the objects.", None)], add_generation_prompt=True).input_ids])
+    decoder = answer_decoder(model, state, frame)
+    for _ in generate(model, state, ids, None, 20, 5, forced=p.assistant("<p>the objects</p><loc><loc>") + [p.eos_id],
+                      decoder=decoder):
+        pass
+    assert len(decoder.decoded) == 2 and sum(g is not None for g in decoder.decoded) == grounded
+
+
 def test_matching_and_recall():
     a = np.zeros((10, 10), bool)
     a[:5, :5] = True
