@@ -127,6 +127,8 @@ class ObjectTokensConfig:
     pointer_dim: int = 64  # width of the pointer's query / key projections
     proposals: str = "heatmap"  # inference proposals: "heatmap" (learned centres -> clicks) | "oracle" (masks given by the caller)
     selection: str = "pointer"  # inference: "pointer" (each <loc> picks a proposal) | "mask" (the <loc> state draws its mask, the paper's path: an ablation)
+    proposal_dilations: list = field(default_factory=lambda: [1])  # the centre heatmap's 3x3 convolutions, one per dilation (receptive field: perception/heads/proposals.py)
+    proposal_pool: int = 1  # the centre heatmap's convolutions run on the features average-pooled this much (logits upsampled back)
     heatmap_sigma: float = 0.15  # Gaussian target: sigma = this x sqrt(object area), in heatmap pixels
     score_threshold: float = 0.3  # a heatmap peak below this probability proposes nothing
     nms_kernel: int = 5  # a peak must be the maximum of its nms_kernel x nms_kernel window

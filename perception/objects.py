@@ -214,7 +214,7 @@ class ObjectTokens(nn.Module):
         oc = cfg.objects
         self.cfg = cfg
         self.k = oc.max_objects
-        self.proposal_head = ProposalHead(cfg.mask_head.dim)
+        self.proposal_head = ProposalHead(cfg.mask_head.dim, dilations=tuple(oc.proposal_dilations), pool=oc.proposal_pool)
         self.position = nn.Linear(8 * oc.position_freqs, dim)  # position's own path (docs/ARCHITECTURE.md)
         self.empty = nn.Parameter(torch.zeros(dim))
         self.query = nn.Linear(dim, oc.pointer_dim)

@@ -415,8 +415,11 @@ def test_the_v2_recipe_trains_tiny_objects_on_v1_and_v2_warm_starting_the_percep
     tc = load_train_config(str(Path(__file__).resolve().parent.parent / "configs" / "tiny_shapesref_v2.yaml"), [])
     assert tc.model == "tiny-objects" and tc.init_from == "runs/tiny-stage3"
     assert {"backbone.llm", "backbone.projector", "box_head"} <= set(tc.init_skip)  # the LM side starts fresh
-    assert tc.freeze == ["backbone.stem"]
-    assert tc.data.tasks == DataConfig().tasks and tc.data.weights == DataConfig().weights
+    assert tc.freeze == ["backbone.stem", "mask_head"]  # the stage-3 click path makes the proposals
+    assert tc.data.tasks == DataConfig().tasks and len(tc.data.weights) == len(tc.data.tasks)
+    v2 = [w for t, w in zip(tc.data.tasks, tc.data.weights) if t in ("ground_none", "ground_all_none", "count_none")]
+    assert sum(v2) > 0.1  # the no-target requests get more than DataConfig's default share
+    assert tc.data.clicks_per_image == 0  # the frozen mask head: the click auxiliary would train nothing
     assert tc.warmup < tc.steps
 
 

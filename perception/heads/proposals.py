@@ -20,15 +20,30 @@ from torch import nn
 
 
 class ProposalHead(nn.Module):
-    """(B, C, h, w) per-pixel features -> (B, h, w) object-centre logits."""
+    """(B, C, h, w) per-pixel features -> (B, h, w) object-centre logits.
 
-    def __init__(self, feat_dim: int, hidden: int = 64):
+    One 3x3 convolution (+ GELU) per entry of ``dilations``, then a 1x1 to one channel. A centre is
+    a property of the whole object, so the receptive field must span one: (1, 2, 4) sees 15 x 15
+    feature pixels (60 image pixels at stride 4); (1,) sees 3 x 3 and only learns when the
+    features under it are trained for it.
+    """
+
+    def __init__(self, feat_dim: int, hidden: int = 64, dilations: tuple = (1,), pool: int = 1):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(feat_dim, hidden, 3, padding=1), nn.GELU(), nn.Conv2d(hidden, 1, 1))
+        self.pool = pool
+        layers, c = [], feat_dim
+        for d in dilations:
+            layers += [nn.Conv2d(c, hidden, 3, padding=d, dilation=d), nn.GELU()]
+            c = hidden
+        self.net = nn.Sequential(*layers, nn.Conv2d(hidden, 1, 1))
         nn.init.constant_(self.net[-1].bias, -math.log((1 - 0.05) / 0.05))  # prior: 5% of pixels are centres
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.net(pixels.float())[:, 0]
+        x = pixels.float()
+        if self.pool > 1:  # the convolutions run on a coarser grid; the logits come back at the features' size
+            out = self.net(F.avg_pool2d(x, self.pool, ceil_mode=True))
+            return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return self.net(x)[:, 0]
 
 
 def heatmap_peaks(logits: torch.Tensor, k: int, threshold: float, kernel: int):
