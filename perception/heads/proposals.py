@@ -22,10 +22,12 @@ from torch import nn
 class ProposalHead(nn.Module):
     """(B, C, h, w) per-pixel features -> (B, h, w) object-centre logits.
 
-    One 3x3 convolution (+ GELU) per entry of ``dilations``, then a 1x1 to one channel. A centre is
-    a property of the whole object, so the receptive field must span one: (1, 2, 4) sees 15 x 15
-    feature pixels (60 image pixels at stride 4); (1,) sees 3 x 3 and only learns when the
-    features under it are trained for it.
+    One 3x3 convolution (+ GELU) per entry of ``dilations``, then a 1x1 to one channel; with
+    ``pool`` > 1 they run on the features average-pooled ``pool`` x ``pool`` and the logits are
+    upsampled back to (h, w) (bilinear). A centre is a property of the whole object, so the
+    receptive field must span one: pool 2 with dilations (1, 2, 4) sees 15 x 15 pooled pixels
+    (120 image pixels at stride 4); pool 1 with (1,) sees 3 x 3 feature pixels and only learns
+    when the features under it are trained for it.
     """
 
     def __init__(self, feat_dim: int, hidden: int = 64, dilations: tuple = (1,), pool: int = 1):
