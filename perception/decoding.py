@@ -118,7 +118,7 @@ class PointerDecoder(ObjectDecoder):
                                                  self._pointer.k, torch.zeros(1, dtype=torch.long), T)[0]
         gate = self.model.config.objects.match_gate
         if gate > 0 and self._pointer.match is not None:  # objects the turn does not ask for are never chosen
-            asked = self._pointer.match(self._object_states.float())[:, 0].sigmoid() >= gate
+            asked = self._pointer.match(hidden[-1:], self._object_states[None])[0].sigmoid() >= gate
             self._chosen |= ~asked.to(self._chosen.device)
 
     @torch.no_grad()

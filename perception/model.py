@@ -221,7 +221,7 @@ class PerceptionModel(nn.Module):
             ct = L.mask_to_size(clicks["masks"].to(clog.dtype), clog.shape[-2:])
             out["click"] = L.sigmoid_bce(clog, ct) + L.dice(clog, ct)
         aux_in = AuxInputs(hidden, batch["input_ids"], self.prompts.image_id, region_embeds, fed, fb,
-                           state, self.loc_id, self.prompts.object_id)
+                           state, self.loc_id, self.prompts.object_id, batch["labels"])
         for name in self.aux_names:
             value = getattr(self, name).loss(aux_in, batch)
             if isinstance(value, dict):

@@ -219,8 +219,8 @@ class ObjectTokens(nn.Module):
         self.empty = nn.Parameter(torch.zeros(dim))
         self.query = nn.Linear(dim, oc.pointer_dim)
         self.key = nn.Linear(dim, oc.pointer_dim)
-        # "is this object one the turn asks for?" on each object-token state (loss.match; training only)
-        self.match = nn.Linear(dim, 1) if cfg.loss.match > 0 else None
+        # "is this object one the turn asks for?" (loss.match): the turn's decision state against each object token
+        self.match = MatchScore(dim, oc.pointer_dim) if cfg.loss.match > 0 else None
 
     enabled = staticmethod(objects_on)
 
@@ -369,9 +369,10 @@ class ObjectTokens(nn.Module):
         return out
 
     def match_loss(self, x, batch: dict):
-        """Mean BCE of the match read-out over the object tokens of every turn that asks for objects
+        """Mean BCE of the match scores over the object tokens of every turn that asks for objects
         (``turn_match`` >= 0) and holds a proposal. Rows of ``turn_match`` are the batch's turns in
-        order; each turn has K ``<obj>`` ids."""
+        order; each turn has K ``<obj>`` ids, and its decision state is the last position before its
+        answer (``decision_positions``)."""
         is_obj = x.input_ids == x.object_id
         states = x.hidden[is_obj].view(-1, self.k, x.hidden.shape[-1])  # (turns, K, D), row-major
         turn_row = is_obj.sum(1) // self.k  # turns per row
@@ -382,8 +383,42 @@ class ObjectTokens(nn.Module):
         keep = (target >= 0) & valid
         if not bool(keep.any()):
             return None
-        logits = self.match(states.float())[..., 0]
+        rows = torch.arange(len(turn_row), device=states.device).repeat_interleave(turn_row)
+        pos = decision_positions(is_obj, x.labels, self.k)
+        logits = self.match(x.hidden[rows, pos], states)
         return F.binary_cross_entropy_with_logits(logits[keep], target[keep].float())
+
+
+class MatchScore(nn.Module):
+    """Whether a turn asks for each object: a bilinear score between the turn's decision state (the
+    last prompt position, whose logits start the answer) and each of its object tokens' states
+    (last layer), as the pointer scores ``<loc>`` states. The decision state is also the one that
+    chooses between grounding and "there is none", so it must carry what the scores say."""
+
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        self.query = nn.Linear(dim, width)
+        self.key = nn.Linear(dim, width)
+
+    def forward(self, decision: torch.Tensor, object_states: torch.Tensor) -> torch.Tensor:
+        """decision (N, D), object_states (N, K, D) -> (N, K) logits."""
+        q, k = self.query(decision.float()), self.key(object_states.float())
+        return torch.einsum("np,nkp->nk", q, k) / math.sqrt(q.shape[-1])
+
+
+def decision_positions(is_obj: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, T) ``<obj>`` mask and labels -> (turns,) the position, in its row, of each turn's decision
+    state: the one before the first answer token (label != IGNORE) after the turn's object tokens.
+    Rows in order, turns in order."""
+    out = []
+    for b in range(is_obj.shape[0]):
+        ends = is_obj[b].nonzero().flatten().view(-1, k)[:, -1]  # the turn's last <obj>
+        answer = (labels[b] != IGNORE).nonzero().flatten()
+        first = answer[torch.searchsorted(answer, ends, right=True).clamp(max=len(answer) - 1)]
+        if len(answer) == 0 or bool((first <= ends).any()):
+            raise ValueError(f"row {b}: a turn's object tokens have no answer after them")
+        out.append(first - 1)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 @torch.no_grad()

@@ -311,9 +311,11 @@ def test_the_match_gate_keeps_the_pointer_to_objects_the_turn_asks_for(tiny_toke
 
     model = _objects_model(tiny_tokenizer)
     model.config.objects.match_gate = 0.5
-    with torch.no_grad():
-        model.object_tokens.match.weight.zero_()
-        model.object_tokens.match.bias.fill_(bias)
+    seen = []
+    def constant(decision, object_states):
+        seen.append(decision)
+        return torch.full(object_states.shape[:2], bias)
+    model.object_tokens.match.forward = constant
     sample = make_sample(11, tasks=["ground_A"], n_objects=2)
     frame, state, _ = _state_with_truths(model, sample)
     p = model.prompts
@@ -323,6 +325,24 @@ def test_the_match_gate_keeps_the_pointer_to_objects_the_turn_asks_for(tiny_toke
                       decoder=decoder):
         pass
     assert len(decoder.decoded) == 2 and sum(g is not None for g in decoder.decoded) == grounded
+    assert len(seen) == 1 and seen[0].shape[0] == 1  # one decision state: the prompt's last
+
+
+def test_the_decision_state_is_the_last_prompt_position_of_each_turn(objects_model):
+    """decision_positions: in training, the position before each turn's first answer token -- the
+    same token the generation prompt ends with, whose state starts the answer at inference."""
+    from perception.objects import decision_positions
+
+    p = objects_model.prompts
+    turns = [("Find the red circle.", "<p>the red circle</p><loc>"), ("How many stars are there?", "There are no stars: 0 in total")]
+    enc = p.encode(turns)
+    ids, labels = torch.tensor([enc.input_ids]), torch.tensor([enc.labels])
+    pos = decision_positions(ids == p.object_id, labels, objects_model.config.objects.max_objects)
+    assert len(pos) == 2
+    for i, t in enumerate(pos.tolist()):
+        assert labels[0, t] == IGNORE and labels[0, t + 1] != IGNORE
+        gen = p.encode(turns[:i] + [(turns[i][0], None)], add_generation_prompt=True).input_ids
+        assert enc.input_ids[: t + 1] == gen  # the prompt generation would see ends exactly there
 
 
 def test_matching_and_recall():
@@ -380,7 +400,7 @@ def test_save_load_round_trip_keeps_the_object_parts(objects_model, tmp_path, sc
     sd, sd2 = model.state_dict(), back.state_dict()
     names = [k for k in sd if k.startswith("object_tokens.")]
     assert {"object_tokens.position.weight", "object_tokens.empty", "object_tokens.query.weight",
-            "object_tokens.proposal_head.net.0.weight", "object_tokens.match.weight"} <= set(names)
+            "object_tokens.proposal_head.net.0.weight", "object_tokens.match.query.weight"} <= set(names)
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)
     _, s1, _ = _state_with_truths(model, scene)
     _, s2, _ = _state_with_truths(back, scene)

@@ -41,7 +41,8 @@ class AuxInputs:
     hidden (B, T, D) last-layer states; input_ids (B, T); image_id: the image placeholder id;
     region_embeds (R, D) or None; fed (K,) bool over the batch's <loc>s, feedback (F, D) the
     embeddings fed to the ``fed`` ones (F = fed.sum()), or None; state the batch's ImageState;
-    loc_id / object_id the ``<loc>`` and ``<obj>`` ids (object_id None without object tokens).
+    loc_id / object_id the ``<loc>`` and ``<obj>`` ids (object_id None without object tokens);
+    labels (B, T) the answer tokens (IGNORE elsewhere).
     """
 
     hidden: torch.Tensor
@@ -53,6 +54,7 @@ class AuxInputs:
     state: object = None
     loc_id: Optional[int] = None
     object_id: Optional[int] = None
+    labels: Optional[torch.Tensor] = None
 
 
 @dataclass
