@@ -12,8 +12,10 @@ Object-token models (``objects.enabled``, perception/objects.py) choose instead 
 ``see_prompt``, which generation calls once with the prompt's last-layer states), the best
 proposal no earlier ``<loc>`` of the answer chose is the object (its mask and the mask's box), and
 ``Grounding.score`` is the pointer's probability. That mask is what feedback feeds back. With
-``objects.match_gate`` a ``<loc>`` chooses only among the proposals whose object token's match
-read-out says the turn asks for it.
+``objects.match_gate`` a ``<loc>`` chooses only among the proposals the match scores (the turn's
+decision state against each object token) say the turn asks for, and when they say none is, the
+answer may not start by grounding (``banned_first``): "there is none" and the choice come from
+the same scores.
 
 No placeholder objects: a ``<loc>`` whose mask has fewer than ``mask_head.min_object_pixels``
 pixels above ``mask_threshold`` (after the exclusive claim) grounds nothing -- it is dropped from
@@ -36,7 +38,7 @@ import torch
 
 from perception.geometry import ImageFrame, blob_around_peak, box_from_mask
 from perception.objects import turn_object_states
-from perception.tokens import parse_answer
+from perception.tokens import PHRASE_OPEN, parse_answer
 from perception.types import Grounding
 
 
@@ -59,6 +61,10 @@ class ObjectDecoder:
     def see_prompt(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> None:
         """The prompt's ids (T,) and last-layer states (T, D), once before the first ``<loc>``
         (generation calls it for every decoder); this decoder needs neither."""
+
+    def banned_first(self) -> list:
+        """Token ids the answer may not start with (generation asks after ``see_prompt``): none here."""
+        return []
 
     @torch.no_grad()
     def __call__(self, loc_state: torch.Tensor):
@@ -120,6 +126,15 @@ class PointerDecoder(ObjectDecoder):
         if gate > 0 and self._pointer.match is not None:  # objects the turn does not ask for are never chosen
             asked = self._pointer.match(hidden[-1:], self._object_states[None])[0].sigmoid() >= gate
             self._chosen |= ~asked.to(self._chosen.device)
+            self._nothing_asked = not bool((self.state.objects.valid[int(self._bidx)] & ~self._chosen).any())
+
+    def banned_first(self) -> list:
+        """With ``objects.match_gate``, when no proposal is asked for, the answer may not start by
+        grounding (``<p>`` or ``<loc>``): "there is none" comes from the same scores as the choice."""
+        if not getattr(self, "_nothing_asked", False):
+            return []
+        p = self.model.prompts
+        return [p.special[PHRASE_OPEN], p.loc_id]
 
     @torch.no_grad()
     def __call__(self, loc_state: torch.Tensor):

@@ -25,7 +25,9 @@ class Generated:
 class _Row:
     """One answer being generated: its ids, stops and decoder (the rules both loops share).
 
-    Greedy (deterministic). Never emits <image>, <region>, <s> or <pad>; stops emitting <loc>
+    Greedy (deterministic). Never emits <image>, <region>, <s> or <pad>, nor a first token the
+    decoder rules out (``banned_first``: an object-token model whose match scores ask for no
+    object does not start grounding); stops emitting <loc>
     after ``max_objects``; done at </s>, after ``max_new_tokens``, or at the end of ``forced``.
     """
 
@@ -43,6 +45,8 @@ class _Row:
         """(V,) logits of the next position -> the token this row writes (the greedy choice, or the forced one)."""
         scores = logits.float().clone()
         scores[self.banned] = float("-inf")
+        if len(self.ids) == self.prompt_len:  # the answer's first token: the decoder may rule some out
+            scores[getattr(self.decoder, "banned_first", list)()] = float("-inf")
         if self.n_obj >= self.max_objects:
             scores[self.loc_id] = float("-inf")
         nxt = int(scores.argmax())

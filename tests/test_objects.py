@@ -326,6 +326,21 @@ def test_the_match_gate_keeps_the_pointer_to_objects_the_turn_asks_for(tiny_toke
         pass
     assert len(decoder.decoded) == 2 and sum(g is not None for g in decoder.decoded) == grounded
     assert len(seen) == 1 and seen[0].shape[0] == 1  # one decision state: the prompt's last
+    first = decoder.banned_first()  # nothing asked for: the answer may not start by grounding
+    assert first == ([] if grounded else [p.special["<p>"], p.loc_id])
+
+
+def test_generation_never_starts_with_a_token_the_decoder_rules_out(objects_model):
+    from perception.generation import _Row
+
+    p = objects_model.prompts
+    decoder = type("D", (), {"banned_first": lambda self: [p.special["<p>"], p.loc_id]})()
+    row = _Row(objects_model, [1, 2, 3], decoder, 10, 5)
+    logits = torch.zeros(len(objects_model.tokenizer))
+    logits[p.special["<p>"]], logits[p.loc_id], logits[7] = 9.0, 8.0, 1.0
+    assert row.choose(logits) == 7
+    row.write(7, None)
+    assert row.choose(logits) == p.special["<p>"]  # only the first token
 
 
 def test_the_decision_state_is_the_last_prompt_position_of_each_turn(objects_model):
