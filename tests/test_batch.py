@@ -38,8 +38,8 @@ def _requests(pipe, images):
         (images[1], "What color is it?", first.history, None),  # a two-turn conversation
         (images[2], "What is <region1>?", None, [perception.Region(point=(120, 80))]),
         (images[3], "How many circles are there?", None, None),
-        (images[4], "Find the blue square that is to the left of the large green triangle in this picture.", None, None),
-        (images[5], "Find all the objects.", None, None),
+        (images[5], "Find the blue square that is to the left of the large green triangle in this picture.", None, None),
+        (images[4], "Find all the circles.", None, None),  # the shipped model lists two here
     ]
 
 
