@@ -26,7 +26,6 @@ TASKS = ["ground_A", "ground_S", "ground_R", "ground_all", "count", "ground_none
 def probe(model, seed: int, count: int) -> dict:
     from perception.data.collate import Collator
     from perception.data.shapesref import make_sample
-    from perception.objects import decision_positions
 
     ot = model.object_tokens
     if ot is None or ot.match is None:
@@ -39,12 +38,9 @@ def probe(model, seed: int, count: int) -> dict:
         state.objects = ot.from_masks(model.region_encoder, state.mask, batch["object_masks"], batch["object_valid"])
         emb = model.embed(batch["input_ids"], state, model.encode_regions(state, batch.get("regions")))
         _, hidden, _ = model.backbone.forward_embeds(emb, batch.get("attention_mask"))
-        is_obj = batch["input_ids"] == model.prompts.object_id
-        states = hidden[is_obj].view(-1, ot.k, hidden.shape[-1])
-        turns = is_obj.sum(1) // ot.k
-        rows = torch.arange(len(turns)).repeat_interleave(turns)
-        prob = ot.match(hidden[rows, decision_positions(is_obj, batch["labels"], ot.k)], states).sigmoid()
-        valid = state.objects.valid.repeat_interleave(turns, 0)
+        logits, valid = ot.match_logits(hidden, batch["input_ids"], batch["labels"], model.prompts.object_id,
+                                        state.objects.valid)
+        prob = logits.sigmoid()
         exact, slot, n = 0, 0.0, 0
         for r, t in enumerate(batch["turn_match"]):
             v = valid[r]

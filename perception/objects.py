@@ -171,22 +171,12 @@ def with_own_proposals(tokens, mask_head, feats, masks, valid, is_gt, rows):
         pm = F.interpolate(pm, size=masks.shape[-2:], mode="nearest")
     for r, b in enumerate(rows.tolist()):
         props = pm[r][pv[r]].flatten(1) > 0.5  # (P, n)
-        slots = is_gt[b].nonzero().flatten()  # shown and dropped ground truth (a dropped one is never re-added)
-        truths = masks[b, slots].flatten(1) > 0.5
-        inter = props.float() @ truths.float().T
-        union = props.sum(1, keepdim=True) + truths.sum(1)[None] - inter
-        iou = inter / union.clamp(min=1)
-        used_p, used_t = set(), set()
-        for flat in iou.flatten().argsort(descending=True).tolist():
-            i, j = divmod(flat, len(slots))
-            if iou[i, j] < 0.5:
-                break
-            if i in used_p or j in used_t:
-                continue
-            used_p.add(i)
-            used_t.add(j)
-            if valid[b, slots[j]]:
-                masks[b, slots[j]] = props[i].view(masks.shape[-2:]).to(masks.dtype)
+        slots = is_gt[b].nonzero().flatten().tolist()  # shown and dropped ground truth (a dropped one is never re-added)
+        match = match_proposals(list(props.cpu().numpy()), list((masks[b, slots].flatten(1) > 0.5).cpu().numpy()))
+        used_p = {i for i in match if i is not None}
+        for j, i in zip(slots, match):
+            if i is not None and valid[b, j]:
+                masks[b, j] = props[i].view(masks.shape[-2:]).to(masks.dtype)
         free = (~valid[b] & ~is_gt[b]).nonzero().flatten().tolist()
         for i in range(props.shape[0]):
             if i not in used_p and free:
@@ -368,24 +358,28 @@ class ObjectTokens(nn.Module):
             out["match"] = self.match_loss(x, batch)
         return out
 
-    def match_loss(self, x, batch: dict):
-        """Mean BCE of the match scores over the object tokens of every turn that asks for objects
-        (``turn_match`` >= 0) and holds a proposal. Rows of ``turn_match`` are the batch's turns in
-        order; each turn has K ``<obj>`` ids, and its decision state is the last position before its
-        answer (``decision_positions``)."""
-        is_obj = x.input_ids == x.object_id
-        states = x.hidden[is_obj].view(-1, self.k, x.hidden.shape[-1])  # (turns, K, D), row-major
+    def match_logits(self, hidden, input_ids, labels, object_id: int, valid):
+        """Every turn's match scores: hidden (B, T, D) last-layer states, input_ids / labels (B, T),
+        valid (B, K) the images' proposal slots -> (logits (turns, K), valid (turns, K)), the batch's
+        turns in order. Each turn has K ``<obj>`` ids; its decision state is the last position
+        before its answer (``decision_positions``)."""
+        is_obj = input_ids == object_id
+        states = hidden[is_obj].view(-1, self.k, hidden.shape[-1])  # (turns, K, D), row-major
         turn_row = is_obj.sum(1) // self.k  # turns per row
-        valid = x.state.objects.valid.repeat_interleave(turn_row, 0)  # (turns, K)
-        target = batch["turn_match"].to(states.device)
-        if target.shape[0] != states.shape[0]:
-            raise ValueError(f"{target.shape[0]} turns have match targets but the prompts hold {states.shape[0]} turns of object tokens")
+        rows = torch.arange(len(turn_row), device=states.device).repeat_interleave(turn_row)
+        logits = self.match(hidden[rows, decision_positions(is_obj, labels, self.k)], states)
+        return logits, valid.repeat_interleave(turn_row, 0)
+
+    def match_loss(self, x, batch: dict):
+        """Mean BCE of the match scores (``match_logits``) over the object tokens of every turn that
+        asks for objects (``turn_match`` >= 0) and holds a proposal."""
+        logits, valid = self.match_logits(x.hidden, x.input_ids, x.labels, x.object_id, x.state.objects.valid)
+        target = batch["turn_match"].to(logits.device)
+        if target.shape[0] != logits.shape[0]:
+            raise ValueError(f"{target.shape[0]} turns have match targets but the prompts hold {logits.shape[0]} turns of object tokens")
         keep = (target >= 0) & valid
         if not bool(keep.any()):
             return None
-        rows = torch.arange(len(turn_row), device=states.device).repeat_interleave(turn_row)
-        pos = decision_positions(is_obj, x.labels, self.k)
-        logits = self.match(x.hidden[rows, pos], states)
         return F.binary_cross_entropy_with_logits(logits[keep], target[keep].float())
 
 
