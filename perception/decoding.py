@@ -116,6 +116,7 @@ class PointerDecoder(ObjectDecoder):
         self._pointer = model.object_tokens
         self._object_states = None  # (K, D) the current turn's object-token states (see_prompt)
         self._chosen = torch.zeros(model.config.objects.max_objects, dtype=torch.bool, device=self._bidx.device)
+        self._nothing_asked = False  # match_gate: the match scores ask for no proposal (see_prompt)
 
     def see_prompt(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> None:
         """Keep the states of the last turn's ``<obj>`` tokens for the pointer."""
@@ -131,7 +132,7 @@ class PointerDecoder(ObjectDecoder):
     def banned_first(self) -> list:
         """With ``objects.match_gate``, when no proposal is asked for, the answer may not start by
         grounding (``<p>`` or ``<loc>``): "there is none" comes from the same scores as the choice."""
-        if not getattr(self, "_nothing_asked", False):
+        if not self._nothing_asked:
             return []
         p = self.model.prompts
         return [p.special[PHRASE_OPEN], p.loc_id]
