@@ -42,7 +42,10 @@ def api_chat(image, message: str, regions, history):
 
     image: file path (or PIL/array). regions: JSON list in pixels of {"point": [x, y]} |
     {"box": [x1, y1, x2, y2]} | {"mask": COCO RLE}, "[]" for none. history: messages-format list
-    (or its JSON), "[]" to start. Returns (answer text, history + 2 messages, objects, overlay),
+    (or its JSON), "[]" to start; an assistant message may carry "objects" (one region dict or null
+    per <loc> of its content: what it grounded; the returned history has them), which a model
+    with loc_feedback_history reads so that a later "it" means that object (a list that does not
+    fit the message is ignored). Returns (answer text, history + 2 messages, objects, overlay),
     objects = [{"box": [x1, y1, x2, y2], "mask": RLE, "phrase": str | None}] in answer order.
     """
     img = load(image)

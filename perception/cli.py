@@ -40,6 +40,13 @@ def main(argv=None) -> int:
     e.add_argument("--match-gate", type=float, default=None,
                    help="object-token models with a match read-out: override objects.match_gate (a <loc> chooses "
                         "only objects the turn asks for with at least this probability; 0: off)")
+    e.add_argument("--list-gate", type=float, default=None,
+                   help="object-token models with a match read-out: override objects.list_gate (after a <loc> the "
+                        "answer may not end while an object not grounded yet has at least this match probability; 0: off)")
+    e.add_argument("--list-doubt", type=float, default=None,
+                   help="override objects.list_doubt (list_gate holds only where the LM gives going on at least this)")
+    e.add_argument("--start-gate", type=float, default=None,
+                   help="override objects.start_gate (the answer must start grounding when a proposal scores this)")
     e.add_argument("--exclusive", default=None, choices=["on", "off"],
                    help="override mask_head.exclusive: each object of an answer takes pixels no earlier one took")
 

@@ -132,10 +132,14 @@ class ObjectTokensConfig:
     heatmap_sigma: float = 0.15  # Gaussian target: sigma = this x sqrt(object area), in heatmap pixels
     score_threshold: float = 0.3  # a heatmap peak below this probability proposes nothing
     nms_kernel: int = 5  # a peak must be the maximum of its nms_kernel x nms_kernel window
+    proposal_component: bool = True  # a proposal keeps only its mask's connected component at its click (stray blobs on other objects dropped)
     duplicate_iou: float = 0.7  # a proposal whose mask overlaps a better proposal's by this IoU is dropped
     drop_prob: float = 0.1  # training: probability that one ground-truth proposal is left out (its <loc>s get no pointer target)
     extra_prob: float = 0.2  # training: probability of one extra, non-object proposal (a random background box)
     match_gate: float = 0.0  # inference: a <loc> may only choose an object token whose match read-out (loss.match) is at least this probability (0: off)
+    list_gate: float = 0.0  # inference: after a <loc>, the answer may not end (</s>, ":" or ".") while a proposal it has not grounded has a match probability at least this (0: off) ...
+    list_doubt: float = 0.02  # ... and the LM itself gives going on (any token but those ends) at least this probability (a one-object answer's LM is sure it ends)
+    start_gate: float = 0.0  # inference: the answer must start by grounding (<p> or <loc>) when a proposal has a match probability at least this and the LM gives grounding first at least list_doubt (0: off)
     own_proposals: float = 0.0  # training: probability that an image's object tokens come from the model's own proposals (matched ground truth keeps its slot; see ObjectTokens.from_batch)
 
 
@@ -178,6 +182,7 @@ class PerceptionConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     max_new_tokens: int = 96  # generation cap per answer
     loc_feedback: bool = True  # each generated <loc>'s decoded mask, through the region encoder, is added to that <loc>'s input embedding (the LM sees what it grounded)
+    loc_feedback_history: bool = False  # with loc_feedback, the <loc>s of earlier answers in the history are fed back too (their objects travel with the history), so a follow-up about "it" sees the object; False: only the answer being written
     image_position: str = "before_question"  # where the image tokens stand in the first turn: "before_question" (LLaVA's layout) | "after_question" (after the user's text: they can attend to the question)
     output_mode: str = "perception"  # "perception" (<loc> states -> heads) | "text_box" (baseline: boxes written as text, no masks; perception/baseline.py)
 

@@ -66,6 +66,12 @@ class ObjectDecoder:
         """Token ids the answer may not start with (generation asks after ``see_prompt``): none here."""
         return []
 
+    def banned_next(self, answer: list, logits: torch.Tensor) -> list:
+        """Token ids the answer may not write next, given its ids so far (``answer``) and the LM's
+        (V,) logits for the next one (generation asks at every step): ``banned_first`` for the first
+        token, nothing after."""
+        return [] if answer else self.banned_first()
+
     @torch.no_grad()
     def __call__(self, loc_state: torch.Tensor):
         """(1, D) state that predicted a ``<loc>`` -> the (1, D) embedding to add to that ``<loc>``'s
@@ -117,6 +123,10 @@ class PointerDecoder(ObjectDecoder):
         self._object_states = None  # (K, D) the current turn's object-token states (see_prompt)
         self._chosen = torch.zeros(model.config.objects.max_objects, dtype=torch.bool, device=self._bidx.device)
         self._nothing_asked = False  # match_gate: the match scores ask for no proposal (see_prompt)
+        self._match = None  # (K,) the turn's match probabilities (see_prompt; None without match scores)
+        p = model.prompts
+        ends = [model.tokenizer.convert_tokens_to_ids(t) for t in (":", ".")]
+        self._list_ends = [p.eos_id] + [t for t in ends if t is not None and t != model.tokenizer.unk_token_id]
 
     def see_prompt(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> None:
         """Keep the states of the last turn's ``<obj>`` tokens for the pointer."""
@@ -124,9 +134,10 @@ class PointerDecoder(ObjectDecoder):
         self._object_states = turn_object_states(hidden[None], input_ids[None], self.model.prompts.object_id,
                                                  self._pointer.k, torch.zeros(1, dtype=torch.long), T)[0]
         gate = self.model.config.objects.match_gate
-        if gate > 0 and self._pointer.match is not None:  # objects the turn does not ask for are never chosen
-            asked = self._pointer.match(hidden[-1:], self._object_states[None])[0].sigmoid() >= gate
-            self._chosen |= ~asked.to(self._chosen.device)
+        if self._pointer.match is not None:
+            self._match = self._pointer.match(hidden[-1:], self._object_states[None])[0].sigmoid().to(self._chosen.device)
+        if gate > 0 and self._match is not None:  # objects the turn does not ask for are never chosen
+            self._chosen |= ~(self._match >= gate)
             self._nothing_asked = not bool((self.state.objects.valid[int(self._bidx)] & ~self._chosen).any())
 
     def banned_first(self) -> list:
@@ -136,6 +147,38 @@ class PointerDecoder(ObjectDecoder):
             return []
         p = self.model.prompts
         return [p.special[PHRASE_OPEN], p.loc_id]
+
+    def banned_next(self, answer: list, logits: torch.Tensor) -> list:
+        """``banned_first`` for the first token; with ``objects.list_gate``, right after a ``<loc>``
+        the answer may not end (``</s>``, ":" or ".") while a proposal it has not grounded has a
+        match probability of at least the gate and the LM itself gives going on at least
+        ``objects.list_doubt``: a listing stops when the match scores say nothing asked for is
+        left, not earlier; an answer the LM is sure is complete (one object asked for) still ends."""
+        oc = self.model.config.objects
+        if not answer:
+            return self.banned_first() or self._must_ground(oc, logits)
+        if oc.list_gate <= 0 or self._match is None or answer[-1] != self.model.prompts.loc_id:
+            return []
+        left = self.state.objects.valid[int(self._bidx)] & ~self._chosen & (self._match >= oc.list_gate)
+        if not bool(left.any()):
+            return []
+        going_on = 1.0 - float(logits.float().softmax(-1)[self._list_ends].sum())
+        return self._list_ends if going_on >= oc.list_doubt else []
+
+    def _must_ground(self, oc, logits: torch.Tensor) -> list:
+        """``objects.start_gate``: every first token but ``<p>`` and ``<loc>`` when a proposal scores
+        at least the gate and the LM itself gives starting by grounding at least ``list_doubt``
+        (an answer that asks for no object -- a region question -- stays the LM's)."""
+        if oc.start_gate <= 0 or self._match is None:
+            return []
+        asked = self.state.objects.valid[int(self._bidx)] & ~self._chosen & (self._match >= oc.start_gate)
+        p = self.model.prompts
+        ground = [p.special[PHRASE_OPEN], p.loc_id]
+        if not bool(asked.any()) or float(logits.float().softmax(-1)[ground].sum()) < oc.list_doubt:
+            return []
+        keep = torch.zeros(logits.shape[-1], dtype=torch.bool)
+        keep[ground] = True
+        return (~keep).nonzero().flatten().tolist()
 
     @torch.no_grad()
     def __call__(self, loc_state: torch.Tensor):

@@ -162,6 +162,7 @@ class Accumulator:
         self.same = {"n": 0, "match": 0, "pred": 0, "gt": 0}  # same-as-a-region requests with >= 1 target
         self.tiny = []  # per chat answer: holds an object of <= 4 pixels
         self.ground_by_size = defaultdict(list)  # objects in the scene -> box IoU of A / S / R answers
+        self.ground_several = []  # per A / S / R answer: it grounds more than the one object asked for
         self.proposals = {"found": 0, "objects": 0, "proposals": 0, "images": 0, "ious": []}  # object-token models
 
     def _score_presence(self, turn, answer):
@@ -217,6 +218,7 @@ class Accumulator:
             g["miou"].append(inter / union if union else 0.0)
             if task in GROUND_TYPES:
                 self.ground_by_size[len(gt["masks"])].append(g["iou"][-1])
+                self.ground_several.append(len(objs) > 1)
         elif task in ("ground_all", "count"):
             pred = [o.box for o in objs]
             truth = [gt["boxes"][k] for k in turn.targets]
@@ -243,6 +245,8 @@ class Accumulator:
             if t in ("A", "S", "R"):
                 all_iou += g["iou"]; all_miou += g["miou"]; all_i += g["inter"]; all_u += g["union"]
         rep["grounding"]["overall"] = {"n": len(all_iou), "acc@0.5": M.acc_at(all_iou), "mIoU": M.miou(all_miou), "cIoU": M.ciou(all_i, all_u)}
+        if self.ground_several:
+            rep["grounding"]["overall"]["several_objects"] = float(np.mean(self.ground_several))
         rep["grounding_by_objects"] = {str(n): {"n": len(v), "acc@0.5": M.acc_at(v)} for n, v in sorted(self.ground_by_size.items())}
         rep["multi_object"] = {"n_gt": self.multi["gt"], **M.prf(self.multi["match"], self.multi["pred"], self.multi["gt"])}
         rep["region_accuracy"] = {"n": len(self.region), "accuracy": float(np.mean(self.region)) if self.region else 0.0,
@@ -389,6 +393,9 @@ def _table_rows(rep: dict) -> dict:
     rows = {}
     for t, g in rep["grounding"].items():
         rows[f"ground:{t}"] = (f"grounding {t}: Acc@0.5 / mIoU / cIoU (n={g['n']})", f"{g['acc@0.5']:.3f} / {g['mIoU']:.3f} / {g['cIoU']:.3f}")
+    if "several_objects" in rep["grounding"].get("overall", {}):
+        rows["ground_several"] = ("— A/S/R answers that ground more than one object",
+                                  f"{rep['grounding']['overall']['several_objects']:.3f}")
     for n, g in rep.get("grounding_by_objects", {}).items():
         rows[f"ground_objects:{n}"] = (f"— A/S/R in scenes of {n} object(s): Acc@0.5 (n={g['n']})", f"{g['acc@0.5']:.3f}")
     m = rep["multi_object"]
@@ -509,6 +516,12 @@ def run_cli(args) -> int:
         pipe.model.config.objects.selection = args.selection
     if getattr(args, "match_gate", None) is not None:
         pipe.model.config.objects.match_gate = args.match_gate
+    if getattr(args, "list_gate", None) is not None:
+        pipe.model.config.objects.list_gate = args.list_gate
+    if getattr(args, "list_doubt", None) is not None:
+        pipe.model.config.objects.list_doubt = args.list_doubt
+    if getattr(args, "start_gate", None) is not None:
+        pipe.model.config.objects.start_gate = args.start_gate
     proposals = getattr(args, "proposals", "model")
     if args.data == "shapesref":
         items, total = shapesref_items(args.seed, args.count, v2_count), None
@@ -529,7 +542,9 @@ def run_cli(args) -> int:
     rep["model"] = args.model
     if has_objects:
         oc = pipe.model.config.objects
-        rep["objects"] = {"proposals": proposals, "selection": oc.selection, "match_gate": oc.match_gate}
+        rep["objects"] = {"proposals": proposals, "selection": oc.selection, "match_gate": oc.match_gate,
+                          "list_gate": oc.list_gate, "list_doubt": oc.list_doubt,
+                          "start_gate": oc.start_gate}
     rep["box_source"] = pipe.model.config.box_head.source
     rep["exclusive"] = pipe.model.config.mask_head.exclusive
     rep["data"] = args.data if args.data != "shapesref" else {"shapesref_seed": args.seed, "scenes": args.count,

@@ -45,8 +45,9 @@ class _Row:
         """(V,) logits of the next position -> the token this row writes (the greedy choice, or the forced one)."""
         scores = logits.float().clone()
         scores[self.banned] = float("-inf")
-        if len(self.ids) == self.prompt_len:  # the answer's first token: the decoder may rule some out
-            scores[getattr(self.decoder, "banned_first", list)()] = float("-inf")
+        banned_next = getattr(self.decoder, "banned_next", None)  # the decoder may rule some out (first token, ends)
+        if banned_next is not None:
+            scores[banned_next(self.ids[self.prompt_len:], logits)] = float("-inf")
         if self.n_obj >= self.max_objects:
             scores[self.loc_id] = float("-inf")
         nxt = int(scores.argmax())
@@ -89,7 +90,7 @@ def _default_decoder(model, state):
 
 @torch.no_grad()
 def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_tokens: int, max_objects: int,
-             forced: list | None = None, decoder=None):
+             forced: list | None = None, decoder=None, loc_feedback=None):
     """Yield each new token id; the generator's return value (StopIteration.value) is a Generated.
 
     input_ids: (1, T). Greedy; the stops are ``_Row``'s.
@@ -98,12 +99,14 @@ def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_token
     what it returns (an embedding, or None) is added to that ``<loc>``'s input. Default: an
     ObjectDecoder in the square model frame (objects in model-frame pixels).
 
+    loc_feedback: the prompt's own ``<loc>`` feedback (``model.embed``'s; the history's answers), or None.
+
     forced: token ids to emit instead of the greedy choice (benchmarks time a reference answer
     through this same loop); every other step -- the greedy scoring, <loc> decoding and feedback, the
     KV cache -- runs as usual. Generation stops at the end of ``forced``.
     """
     row = _Row(model, input_ids[0].tolist(), decoder or _default_decoder(model, state), max_new_tokens, max_objects, forced)
-    emb = model.embed(input_ids, state, region_embeds)
+    emb = model.embed(input_ids, state, region_embeds, loc_feedback)
     logits, hidden, past = model.backbone.forward_embeds(emb, use_cache=True)
     row.decoder.see_prompt(input_ids[0], hidden[0])  # object-token decoders point at the prompt's <obj> states
     while not row.done:
@@ -119,13 +122,14 @@ def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_token
 
 @torch.no_grad()
 def generate_batch(model, states: list, input_ids: list, region_embeds: list, decoders: list,
-                   max_new_tokens: int, max_objects: int):
+                   max_new_tokens: int, max_objects: int, loc_feedback: list | None = None):
     """``generate`` for B prompts at once. Yields, at each step, {row: new token id} for the rows
     still generating; the return value (StopIteration.value) is a list of B Generated, in order.
 
     states[b]: the ImageState of row b's image (one image); input_ids[b]: (1, T_b) ids;
     region_embeds[b]: (R_b, D) or None; decoders[b]: row b's answer decoder (required: each row
-    decodes its ``<loc>``s against its own image and frame).
+    decodes its ``<loc>``s against its own image and frame); loc_feedback[b]: row b's prompt
+    ``<loc>`` feedback or None (None: none for any row).
 
     Prompts are left-padded to the longest, with an attention mask (0 on padding) and position ids
     counting only real tokens, so each row attends to and is positioned as alone (the same
@@ -143,7 +147,8 @@ def generate_batch(model, states: list, input_ids: list, region_embeds: list, de
         return []
     dev = input_ids[0].device
     rows = [_Row(model, ids[0].tolist(), dec, max_new_tokens, max_objects) for ids, dec in zip(input_ids, decoders)]
-    embs = [model.embed(ids, st, re) for ids, st, re in zip(input_ids, states, region_embeds)]
+    loc_feedback = [None] * B if loc_feedback is None else loc_feedback
+    embs = [model.embed(ids, st, re, fb) for ids, st, re, fb in zip(input_ids, states, region_embeds, loc_feedback)]
     L = max(e.shape[1] for e in embs)
     emb = torch.cat([torch.nn.functional.pad(e, (0, 0, L - e.shape[1], 0)) for e in embs])  # (B, L, D), left padding
     mask = torch.stack([torch.arange(L, device=dev) >= L - e.shape[1] for e in embs]).long()  # (B, L)

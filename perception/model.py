@@ -20,7 +20,7 @@ from torch import nn
 from perception import losses as L
 from perception.backbone import build_backbone
 from perception.config import PerceptionConfig
-from perception.geometry import boxes_of_masks, context_boxes
+from perception.geometry import boxes_of_masks, components_at, context_boxes
 from perception.heads import BoxHead, RegionEncoder, build_mask_head
 from perception.heads.aux import AuxInputs, enabled_aux_heads
 from perception.objects import ensure_object_token, object_slots, placeholder_values
@@ -131,8 +131,8 @@ class PerceptionModel(nn.Module):
     def encode_regions(self, state: ImageState, regions):
         """``Regions`` (perception/regions.py, normalised model frame) -> (R, D) embeddings, or None.
 
-        Point regions become masks through the click path first (``use_mask`` keeps the given mask
-        instead: training teacher-forces some clicks); a click's box is its mask's tight box (a
+        Point regions become masks through the click path first, the component at the click only
+        (``use_mask`` keeps the given mask instead: training teacher-forces some clicks); a click's box is its mask's tight box (a
         small box around the click when the mask is empty).
         """
         if regions is None or len(regions) == 0:
@@ -142,7 +142,7 @@ class PerceptionModel(nn.Module):
             sel = regions.is_point.nonzero().flatten()
             with torch.no_grad():
                 logits = self.mask_head.from_points(state.mask, regions.points[sel], regions.bidx[sel])
-                clicked = (logits.sigmoid() > self.config.mask_head.mask_threshold).float()
+                clicked = components_at(logits.sigmoid() > self.config.mask_head.mask_threshold, regions.points[sel]).float()
             clicked = L.mask_to_size(clicked, masks.shape[-2:])
             if regions.use_mask is not None:
                 clicked = torch.where(regions.use_mask[sel][:, None, None], masks[sel], clicked)

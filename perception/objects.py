@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perception.geometry import boxes_of_masks, mask_iou
+from perception.geometry import boxes_of_masks, components_at, mask_iou
 from perception.heads.proposals import ProposalHead, centre_focal_loss, centre_heatmap, heatmap_peaks
 from perception.prompting import IGNORE
 from perception.regions import box_mask
@@ -228,7 +228,10 @@ class ObjectTokens(nn.Module):
         B = feats.pixels.shape[0]
         points, bidx, slot, score = heatmap_peaks(self.proposal_head(feats.pixels), self.k, oc.score_threshold, oc.nms_kernel)
         logits = mask_head.from_points(feats, points, bidx)
-        fg = (logits.sigmoid() > self.cfg.mask_head.mask_threshold).float()
+        fg = logits.sigmoid() > self.cfg.mask_head.mask_threshold
+        if oc.proposal_component:
+            fg = components_at(fg, points)
+        fg = fg.float()
         keep = ~_duplicates(fg.flatten(1), bidx, oc.duplicate_iou)
         masks = logits.new_zeros((B, self.k, *logits.shape[-2:]))
         masks[bidx, slot] = fg.to(masks.dtype)

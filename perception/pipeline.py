@@ -200,7 +200,7 @@ class Pipeline:
 
         turn = self._prepare_turn(image, message, history, regions, max_new_tokens)
         gen = generate(self.model, turn.state, turn.input_ids, turn.region_embeds, turn.max_new,
-                       self.limits.max_objects, decoder=turn.decoder)
+                       self.limits.max_objects, decoder=turn.decoder, loc_feedback=turn.loc_feedback)
         new_ids = []
         # The lock is held for each decoding step, never across a yield: a web server may resume
         # this generator from another thread. ``generate`` runs under no_grad itself.
@@ -240,7 +240,8 @@ class Pipeline:
                 raise ValueError(f"request {i}: {e}") from e
         max_new = max((t.max_new for t in turns), default=0)
         gen = generate_batch(self.model, [t.state for t in turns], [t.input_ids for t in turns],
-                             [t.region_embeds for t in turns], [t.decoder for t in turns], max_new, self.limits.max_objects)
+                             [t.region_embeds for t in turns], [t.decoder for t in turns], max_new, self.limits.max_objects,
+                             [t.loc_feedback for t in turns])
         while True:  # the lock is held per decoding step, as in stream_chat
             with self._lock:
                 try:
@@ -270,25 +271,55 @@ class Pipeline:
             _check_region(r, W, H, i)
 
         history = list(history or [])
-        turns, turn_regions, keep = _history_turns(history, lim.max_history_turns, image.size, lim)
+        turns, turn_regions, keep, turn_objects = _history_turns(history, lim.max_history_turns, image.size, lim)
         turns.append((message, None))
         turn_regions.append(regions)
         keep.append(True)
         enc = _encode_fitting(self.model, turns, turn_regions, keep, lim.max_new_tokens)
+        turn_objects = turn_objects[len(turn_objects) - (len(turns) - 1):] if len(turns) > 1 else []  # the turns kept
         side = self.model.config.region.mask_size * 2
+        input_ids = torch.tensor([enc.input_ids], device=self.device)
         with self._lock, torch.no_grad():
             rs = Regions.build([(turn_regions[t][n - 1], frame, 0) for t, n in enc.region_order], side)
             region_embeds = self.model.encode_regions(state, rs.to(self.device) if rs is not None else None)
-        return _Turn(message, regions, history, state, torch.tensor([enc.input_ids], device=self.device), region_embeds,
+            feedback = self._history_feedback(state, frame, input_ids, turn_objects)
+        return _Turn(message, regions, history, state, input_ids, region_embeds,
                      min(max_new_tokens or lim.max_new_tokens, lim.max_new_tokens),
-                     answer_decoder(self.model, state, frame, max_objects=lim.max_objects))
+                     answer_decoder(self.model, state, frame, max_objects=lim.max_objects), feedback)
+
+    def _history_feedback(self, state, frame, input_ids, turn_objects: list):
+        """``loc_feedback_history``: the history's ``<loc>`` feedback, as generation gives it to the
+        ``<loc>``s it writes: (is_fed (K,) bool over the prompt's ``<loc>``s, (F, D) embeddings), or
+        None. ``turn_objects``: per history turn in the prompt, its answer's objects (one Region or
+        None per ``<loc>``; None for the whole turn when it carries none). A turn without objects
+        and a ``<loc>`` without an object get no feedback; a prompt whose ``<loc>`` count is not the
+        turns' is fed nothing (the history was edited)."""
+        cfg = self.model.config
+        if not (cfg.loc_feedback and cfg.loc_feedback_history) or not turn_objects:
+            return None
+        per_loc = [o for objs in turn_objects for o in (objs or [])]
+        n_locs = int((input_ids == self.model.loc_id).sum())
+        if n_locs != sum(len(objs) if objs is not None else 0 for objs in turn_objects) or not any(per_loc):
+            return None
+        from perception.processing import mask_side
+        from perception.regions import region_geometry
+
+        side = mask_side(cfg)
+        is_fed = torch.tensor([o is not None for o in per_loc], dtype=torch.bool, device=self.device)
+        masks = torch.stack([region_geometry(o, frame, side)["masks"] for o in per_loc if o is not None]).to(self.device)
+        fb = self.model.feedback_embeds(state, masks.to(state.mask.pixels.dtype), torch.zeros(len(masks), dtype=torch.long, device=self.device))
+        return is_fed, fb
 
     def _answer(self, turn: "_Turn", new_ids: list) -> Answer:
         """A request's generated ids -> its Answer (text, objects paired with phrases, history)."""
         raw = self._decode(new_ids)
+        reply = {"role": "assistant", "content": raw}
+        decoded = getattr(turn.decoder, "decoded", [])
+        if decoded:  # what each <loc> grounded (None: nothing), so a later turn can feed it back
+            reply["objects"] = [_object_to_dict(g) for g in decoded]
         new_history = turn.history + [
             {"role": "user", "content": turn.message, "regions": [_region_to_dict(r) for r in turn.regions]},
-            {"role": "assistant", "content": raw},
+            reply,
         ]
         return Answer(text=parse_answer(raw).text, objects=turn.decoder.objects(raw), history=new_history, raw=raw)
 
@@ -312,6 +343,7 @@ class _Turn:
     region_embeds: object  # (R, D) embeddings of every live <region> in the prompt, or None
     max_new: int  # new tokens allowed
     decoder: object  # the answer decoder (perception.decoding.answer_decoder) for this image and frame
+    loc_feedback: object = None  # the history's <loc> feedback (Pipeline._history_feedback) or None
 
 
 def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:
@@ -372,9 +404,10 @@ def _history_turns(history, max_turns: int, size, limits: Limits = DEFAULT_LIMIT
     """
     pairs = recent_turns(history, max_turns)
     check_turn_lengths(history, pairs, limits.max_prompt_chars)
-    turns, regs, keep = [], [], []
+    turns, regs, keep, objects = [], [], [], []
     W, H = size
     for u, a in pairs:
+        objects.append(_answer_objects(history[a], (H, W), limits))
         user, assistant = history[u], history[a]
         rs, live = [], True
         try:
@@ -391,7 +424,35 @@ def _history_turns(history, max_turns: int, size, limits: Limits = DEFAULT_LIMIT
         turns.append((user["content"], assistant["content"]))
         regs.append(rs)
         keep.append(live)
-    return turns, regs, keep
+    return turns, regs, keep, objects
+
+
+def _object_to_dict(g):
+    """A decoded ``<loc>`` (Grounding or None) -> what the history keeps of it: {"mask": RLE},
+    {"box": [...]} for a model without masks, or None (the ``<loc>`` grounded nothing)."""
+    if g is None:
+        return None
+    return region_to_json(Region(mask=g.mask) if g.mask is not None else Region(box=tuple(g.box)))
+
+
+def _answer_objects(message: dict, size, limits: Limits):
+    """An assistant message's "objects" (one region dict or None per ``<loc>`` of its content, as
+    ``Pipeline.chat`` writes them) -> [Region | None], or None when it has none or they do not fit
+    its content (wrong count, a bad region, a mask of another size): that turn is fed nothing."""
+    from perception.tokens import PERCEPTION_TOKEN
+
+    raw = message.get("objects")
+    if not isinstance(raw, list) or len(raw) != message["content"].count(PERCEPTION_TOKEN) or len(raw) > limits.max_objects:
+        return None
+    H, W = size
+    try:
+        out = [None if d is None else _region_from_dict(d, (H, W)) for d in raw]
+        for r in out:
+            if r is not None:
+                _check_region(r, W, H, 1)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return out
 
 
 def _context_length(model) -> int | None:

@@ -195,7 +195,7 @@ def test_history_is_trimmed_to_limit(tiny_model, scene):
         history = p.chat(scene.image, f"turn {i}", history=history).history
     from perception.pipeline import _history_turns
 
-    turns, _, _ = _history_turns(history, 2, scene.image.size)
+    turns, _, _, _ = _history_turns(history, 2, scene.image.size)
     assert [t[0] for t in turns] == ["turn 2", "turn 3"]
 
 

@@ -334,7 +334,7 @@ def test_generation_never_starts_with_a_token_the_decoder_rules_out(objects_mode
     from perception.generation import _Row
 
     p = objects_model.prompts
-    decoder = type("D", (), {"banned_first": lambda self: [p.special["<p>"], p.loc_id]})()
+    decoder = type("D", (), {"banned_next": lambda self, answer, logits: [] if answer else [p.special["<p>"], p.loc_id]})()
     row = _Row(objects_model, [1, 2, 3], decoder, 10, 5)
     logits = torch.zeros(len(objects_model.tokenizer))
     logits[p.special["<p>"]], logits[p.loc_id], logits[7] = 9.0, 8.0, 1.0
@@ -525,3 +525,102 @@ def test_evaluator_reports_proposals_scene_sizes_and_runs_with_oracle_proposals(
         evaluate(pipe, shapesref_items(10_000_000, 1), progress=False, proposals="oracle", batch_size=2)
     with pytest.raises(ValueError, match="object-token model"):
         evaluate(Pipeline(tiny_model), shapesref_items(10_000_000, 1), progress=False, proposals="oracle")
+
+
+def test_a_proposal_keeps_only_the_blob_at_its_click():
+    """components_at: the 8-connected component of each mask that holds its point; a point on
+    background takes a component within a pixel of it; a point far from any keeps the mask."""
+    from perception.geometry import components_at
+
+    m = torch.zeros(3, 8, 8, dtype=torch.bool)
+    m[:, 1:3, 1:3] = True  # blob A
+    m[:, 5:7, 4:8] = True  # blob B (a stray blob for a click on A)
+    m[:, 3, 3] = True  # touches A diagonally: part of A
+    pts = torch.tensor([[1.5 / 8, 1.5 / 8], [6.5 / 8, 5.5 / 8], [0.5 / 8, 7.5 / 8]])
+    out = components_at(m, pts)
+    a = torch.zeros(8, 8, dtype=torch.bool)
+    a[1:3, 1:3] = True
+    a[3, 3] = True
+    assert torch.equal(out[0], a)
+    assert torch.equal(out[1], m[1] & ~a)
+    assert torch.equal(out[2], m[2])  # its point (0, 7) is on background, far from both: unchanged
+
+
+def _listing_decoder(model, match_bias):
+    """A PointerDecoder over two ground-truth proposals whose match scores are all ``match_bias``."""
+    from perception.data.shapesref import make_sample
+    from perception.decoding import answer_decoder
+
+    sample = make_sample(11, tasks=["ground_A"], n_objects=2)
+    frame, state, _ = _state_with_truths(model, sample)
+    p = model.prompts
+    ids = torch.tensor([p.encode([("Find all the objects.", None)], add_generation_prompt=True).input_ids])
+    model.object_tokens.match.forward = lambda decision, object_states: torch.full(object_states.shape[:2], match_bias)
+    decoder = answer_decoder(model, state, frame)
+    with torch.no_grad():
+        emb = model.embed(ids, state)
+        _, hidden, _ = model.backbone.forward_embeds(emb)
+    decoder.see_prompt(ids[0], hidden[0])
+    return decoder, p
+
+
+@pytest.mark.parametrize("bias, p_end, banned", [(10.0, 0.5, True), (-10.0, 0.5, False), (10.0, 0.999, False)])
+def test_the_list_gate_keeps_a_listing_going_while_asked_objects_are_left(tiny_tokenizer, bias, p_end, banned):
+    """objects.list_gate: right after a <loc>, ending (</s>, ":" or ".") is ruled out while an asked
+    object is left ungrounded -- unless the LM is sure the answer is complete (list_doubt)."""
+    model = _objects_model(tiny_tokenizer)
+    model.config.objects.list_gate, model.config.objects.list_doubt = 0.5, 0.1
+    decoder, p = _listing_decoder(model, bias)
+    decoder._chosen[0] = True  # one object grounded, the other left
+    ends = decoder._list_ends
+    assert p.eos_id in ends and len(ends) == 3
+    logits = torch.full((len(model.tokenizer),), -30.0)
+    logits[p.eos_id] = float(np.log(p_end))
+    logits[7] = float(np.log(1 - p_end))
+    assert decoder.banned_next([p.loc_id], logits) == (ends if banned else [])
+    assert decoder.banned_next([7], logits) == []  # only right after a <loc>
+    decoder._chosen[1] = True  # nothing left: the answer may end
+    assert decoder.banned_next([p.loc_id], logits) == []
+    model.config.objects.list_gate = 0.0
+    decoder._chosen[1] = False
+    assert decoder.banned_next([p.loc_id], logits) == []  # off
+
+
+def test_history_answers_feed_their_objects_back(tiny_tokenizer, scene):
+    """loc_feedback_history: an answer's history message carries what each <loc> grounded; the
+    next turn's prompt feeds those objects back into the history's <loc>s (as training does);
+    without the setting, or when the objects do not fit the answer's <loc>s, nothing is fed."""
+    from perception.data.collate import Collator
+    from perception.data.shapesref import make_sample
+    from perception.limits import Limits
+    from perception.pipeline import Pipeline
+
+    model = _objects_model(tiny_tokenizer)
+    model.config.loc_feedback_history = True
+    pipe = Pipeline(model, limits=Limits(max_new_tokens=6))
+    p = model.prompts
+    first = pipe.chat(scene.image, "Find the red circle.")
+    forged = {"role": "assistant", "content": "<p>the red circle</p><loc>, <p>the blue square</p><loc>",
+              "objects": [{"box": [10, 10, 60, 60]}, None]}
+    history = first.history[:-1] + [forged]
+    turn = pipe._prepare_turn(scene.image, "Describe it.", history, None, None)
+    is_fed, fb = turn.loc_feedback
+    assert is_fed.tolist() == [True, False] and fb.shape == (1, model.backbone.hidden_size)
+    emb = model.embed(turn.input_ids, turn.state, None, turn.loc_feedback)
+    plain = model.embed(turn.input_ids, turn.state)
+    loc = (turn.input_ids[0] == p.loc_id).nonzero().flatten()
+    changed = (emb - plain).abs().sum(-1)[0]
+    assert changed[loc[0]] > 0 and changed[loc[1]] == 0 and int((changed > 0).sum()) == 1
+    again = pipe.chat(scene.image, "Describe it.", history=history)  # generates with it
+    assert again.history[-3] == forged
+    for bad in ([{"box": [10, 10, 60, 60]}], [{"mask": {"size": [5000, 5000], "counts": "0"}}, None], "x"):
+        broken = history[:-1] + [dict(forged, objects=bad)]
+        assert pipe._prepare_turn(scene.image, "Describe it.", broken, None, None).loc_feedback is None
+    model.config.loc_feedback_history = False
+    assert pipe._prepare_turn(scene.image, "Describe it.", history, None, None).loc_feedback is None
+    # training feeds back the <loc>s of every turn with the setting, only the last answer's without
+    sample = make_sample(3, tasks=["followup"])
+    for on, want in ((True, True), (False, False)):
+        model.config.loc_feedback_history = on
+        fed = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens, seed=0)([sample])["loc_fed"]
+        assert len(sample.turns) == 2 and fed.numel() >= 1 and bool(fed[0]) == want

@@ -58,7 +58,8 @@ class Collator:
             labels.append(enc.labels)
             locs = [(ti, k) for ti, t in enumerate(s.turns) for k in t.targets]
             for ti, k in locs:
-                loc_fed.append(ti == len(s.turns) - 1)  # generation feeds back only the answer being written
+                # generation feeds back the answer being written, and with loc_feedback_history the history's answers too
+                loc_fed.append(self.config.loc_feedback_history or ti == len(s.turns) - 1)
                 loc_masks.append(frame.mask_to_model(s.masks[k], self.side))
                 loc_boxes.append(torch.tensor(frame.boxes_to_model(s.boxes[k]), dtype=torch.float32))
             placed = [s.turns[ti].regions[n - 1] for ti, n in enc.region_order]
