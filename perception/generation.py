@@ -25,9 +25,9 @@ class Generated:
 class _Row:
     """One answer being generated: its ids, stops and decoder (the rules both loops share).
 
-    Greedy (deterministic). Never emits <image>, <region>, <s> or <pad>, nor a first token the
-    decoder rules out (``banned_first``: an object-token model whose match scores ask for no
-    object does not start grounding); stops emitting <loc>
+    Greedy (deterministic). Never emits <image>, <region>, <s> or <pad>, nor a token the decoder
+    rules out (``banned_next``: an object-token model whose match scores ask for no object does
+    not start grounding, nor ends a listing while asked objects are left); stops emitting <loc>
     after ``max_objects``; done at </s>, after ``max_new_tokens``, or at the end of ``forced``.
     """
 
