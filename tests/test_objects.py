@@ -624,3 +624,26 @@ def test_history_answers_feed_their_objects_back(tiny_tokenizer, scene):
         model.config.loc_feedback_history = on
         fed = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens, seed=0)([sample])["loc_fed"]
         assert len(sample.turns) == 2 and fed.numel() >= 1 and bool(fed[0]) == want
+
+
+def test_the_proposal_and_presence_probes_run_on_an_object_token_model(objects_model):
+    """bench/proposal_errors.py and bench/presence_probe.py (docs/RESULTS.md cites both): their
+    counts add up on a tiny random model."""
+    import importlib.util
+    from pathlib import Path
+
+    from perception.pipeline import Pipeline
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "bench" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    r = load("proposal_errors").measure(objects_model, 12_000_000, 2)
+    assert r["objects"] == r["found"] + r["missed_with_peak"] + r["missed_without_peak"] > 0
+    assert 0 <= r["false"] <= r["proposals"] and 0.0 <= r["recall"] <= 1.0
+    assert objects_model.object_tokens.match is not None  # tiny-objects has match scores
+    rep = load("presence_probe").probe(Pipeline(objects_model), 12_000_000, 1)
+    assert "ground_none" in rep or "same_as_region-" in rep or "same_as_region+" in rep
+    assert all(0.0 <= v["top_match"] <= 1.0 and 0.0 <= v["p_ground_first"] <= 1.0 for v in rep.values())
