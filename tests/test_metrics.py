@@ -77,7 +77,12 @@ def test_accumulator_report_on_known_answers():
     acc.add(gt, {"target": 0}, click_mask=mask)
     rep = acc.report()
     assert rep["grounding"]["A"]["acc@0.5"] == 1.0 and rep["grounding"]["S"]["acc@0.5"] == 0.0
-    assert rep["grounding"]["overall"] == pytest.approx({"n": 2, "acc@0.5": 0.5, "mIoU": 0.0, "cIoU": 0.0})  # no masks predicted
+    assert rep["grounding"]["overall"] == pytest.approx({"n": 2, "acc@0.5": 0.5, "mIoU": 0.0, "cIoU": 0.0,  # no masks predicted
+                                                         "several_objects": 0.0})  # no A/S/R answer grounds two
+    two = Accumulator()
+    two.add(gt, Turn(user="Find the leftmost.", assistant="", targets=[0], task="ground_S"), _ans((0, 0, 10, 10), (50, 0, 60, 10)))
+    two.add(gt, Turn(user="Find the red circle.", assistant="", targets=[0], task="ground_A"), _ans((0, 0, 10, 10)))
+    assert two.report()["grounding"]["overall"]["several_objects"] == 0.5  # the first box counts; the extra object is reported
     # "all" + count: 3 + 0 predicted boxes, 1 match (the duplicate and the stray box do not), 4 objects
     assert rep["multi_object"] == pytest.approx({"n_gt": 4, "precision": 1 / 3, "recall": 1 / 4, "f1": 2 / 7})
     assert rep["counting_accuracy"]["accuracy"] == 1.0 and rep["region_accuracy"]["accuracy"] == 0.5
