@@ -271,7 +271,9 @@ class Pipeline:
             _check_region(r, W, H, i)
 
         history = list(history or [])
-        turns, turn_regions, keep, turn_objects = _history_turns(history, lim.max_history_turns, image.size, lim)
+        cfg = self.model.config
+        turns, turn_regions, keep, turn_objects = _history_turns(history, lim.max_history_turns, image.size, lim,
+                                                                 objects=cfg.loc_feedback and cfg.loc_feedback_history)
         turns.append((message, None))
         turn_regions.append(regions)
         keep.append(True)
@@ -394,8 +396,10 @@ def _region_from_dict(d, size=None) -> Region:
     return region_from_json(d, size)
 
 
-def _history_turns(history, max_turns: int, size, limits: Limits = DEFAULT_LIMITS):
-    """Messages-format history -> [(user, assistant)], their regions, and whether placeholders are live.
+def _history_turns(history, max_turns: int, size, limits: Limits = DEFAULT_LIMITS, objects: bool = False):
+    """Messages-format history -> [(user, assistant)], their regions, whether placeholders are live,
+    and each answer's objects (``_answer_objects``; None for every turn unless ``objects``: only a
+    model that feeds the history's objects back reads them).
 
     The turns are the last ``max_turns`` of ``perception.history.pair_turns`` (other entries are
     skipped). Their messages must each fit ``limits.max_prompt_chars`` (ValueError naming the
@@ -404,10 +408,10 @@ def _history_turns(history, max_turns: int, size, limits: Limits = DEFAULT_LIMIT
     """
     pairs = recent_turns(history, max_turns)
     check_turn_lengths(history, pairs, limits.max_prompt_chars)
-    turns, regs, keep, objects = [], [], [], []
+    turns, regs, keep, answer_objects = [], [], [], []
     W, H = size
     for u, a in pairs:
-        objects.append(_answer_objects(history[a], (H, W), limits))
+        answer_objects.append(_answer_objects(history[a], (H, W), limits) if objects else None)
         user, assistant = history[u], history[a]
         rs, live = [], True
         try:
@@ -424,7 +428,7 @@ def _history_turns(history, max_turns: int, size, limits: Limits = DEFAULT_LIMIT
         turns.append((user["content"], assistant["content"]))
         regs.append(rs)
         keep.append(live)
-    return turns, regs, keep, objects
+    return turns, regs, keep, answer_objects
 
 
 def _object_to_dict(g):
