@@ -30,6 +30,9 @@ REGION_TASKS = ("region_what", "region_describe", "region_color", "region_shape"
 V2_STREAM = 2  # v2 requests of scene i come from default_rng([seed + i, V2_STREAM]), apart from v1's
 
 
+OBJECT_GATES = ("match_gate", "list_gate", "list_doubt", "start_gate")  # ObjectTokensConfig's inference gates (perception/decoding.py)
+
+
 def shapesref_items(seed: int, count: int, v2_count: int = 0):
     """Yield (scene_index, ground truth, item) for the evaluation protocol above.
 
@@ -514,14 +517,9 @@ def run_cli(args) -> int:
         pipe.model.config.mask_head.exclusive = args.exclusive == "on"
     if getattr(args, "selection", None):
         pipe.model.config.objects.selection = args.selection
-    if getattr(args, "match_gate", None) is not None:
-        pipe.model.config.objects.match_gate = args.match_gate
-    if getattr(args, "list_gate", None) is not None:
-        pipe.model.config.objects.list_gate = args.list_gate
-    if getattr(args, "list_doubt", None) is not None:
-        pipe.model.config.objects.list_doubt = args.list_doubt
-    if getattr(args, "start_gate", None) is not None:
-        pipe.model.config.objects.start_gate = args.start_gate
+    for gate in OBJECT_GATES:  # the object-token decoding gates the command line may override
+        if getattr(args, gate, None) is not None:
+            setattr(pipe.model.config.objects, gate, getattr(args, gate))
     proposals = getattr(args, "proposals", "model")
     if args.data == "shapesref":
         items, total = shapesref_items(args.seed, args.count, v2_count), None
@@ -542,9 +540,7 @@ def run_cli(args) -> int:
     rep["model"] = args.model
     if has_objects:
         oc = pipe.model.config.objects
-        rep["objects"] = {"proposals": proposals, "selection": oc.selection, "match_gate": oc.match_gate,
-                          "list_gate": oc.list_gate, "list_doubt": oc.list_doubt,
-                          "start_gate": oc.start_gate}
+        rep["objects"] = {"proposals": proposals, "selection": oc.selection, **{g: getattr(oc, g) for g in OBJECT_GATES}}
     rep["box_source"] = pipe.model.config.box_head.source
     rep["exclusive"] = pipe.model.config.mask_head.exclusive
     rep["data"] = args.data if args.data != "shapesref" else {"shapesref_seed": args.seed, "scenes": args.count,
