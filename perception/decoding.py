@@ -138,7 +138,7 @@ class PointerDecoder(ObjectDecoder):
             self._match = self._pointer.match(hidden[-1:], self._object_states[None])[0].sigmoid().to(self._chosen.device)
         if gate > 0 and self._match is not None:  # objects the turn does not ask for are never chosen
             self._chosen |= ~(self._match >= gate)
-            self._nothing_asked = not bool((self.state.objects.valid[int(self._bidx)] & ~self._chosen).any())
+            self._nothing_asked = not bool(self._open().any())
 
     def banned_first(self) -> list:
         """With ``objects.match_gate``, when no proposal is asked for, the answer may not start by
@@ -159,10 +159,9 @@ class PointerDecoder(ObjectDecoder):
             return self.banned_first() or self._must_ground(oc, logits)
         if oc.list_gate <= 0 or self._match is None or answer[-1] != self.model.prompts.loc_id:
             return []
-        left = self.state.objects.valid[int(self._bidx)] & ~self._chosen & (self._match >= oc.list_gate)
-        if not bool(left.any()):
+        if not bool(self._open(oc.list_gate).any()):
             return []
-        going_on = 1.0 - float(logits.float().softmax(-1)[self._list_ends].sum())
+        going_on = 1.0 - _share(logits, self._list_ends)
         return self._list_ends if going_on >= oc.list_doubt else []
 
     def _must_ground(self, oc, logits: torch.Tensor) -> list:
@@ -171,14 +170,20 @@ class PointerDecoder(ObjectDecoder):
         (an answer that asks for no object -- a region question -- stays the LM's)."""
         if oc.start_gate <= 0 or self._match is None:
             return []
-        asked = self.state.objects.valid[int(self._bidx)] & ~self._chosen & (self._match >= oc.start_gate)
         p = self.model.prompts
         ground = [p.special[PHRASE_OPEN], p.loc_id]
-        if not bool(asked.any()) or float(logits.float().softmax(-1)[ground].sum()) < oc.list_doubt:
+        if not bool(self._open(oc.start_gate).any()) or _share(logits, ground) < oc.list_doubt:
             return []
         keep = torch.zeros(logits.shape[-1], dtype=torch.bool)
         keep[ground] = True
         return (~keep).nonzero().flatten().tolist()
+
+    def _open(self, gate: float | None = None) -> torch.Tensor:
+        """(K,) bool: the proposals a ``<loc>`` of this answer may still take (valid, not chosen,
+        not ruled out by the match gate), and with ``gate`` only those whose match probability is
+        at least it."""
+        left = self.state.objects.valid[int(self._bidx)] & ~self._chosen
+        return left if gate is None else left & (self._match >= gate)
 
     @torch.no_grad()
     def __call__(self, loc_state: torch.Tensor):
@@ -186,7 +191,7 @@ class PointerDecoder(ObjectDecoder):
         if self._object_states is None:
             raise RuntimeError("an object-token model's decoder needs the prompt's states: call see_prompt before a <loc>")
         objs, b = self.state.objects, int(self._bidx)
-        valid = objs.valid[b] & ~self._chosen
+        valid = self._open()
         if not bool(valid.any()):  # every proposal is taken: nothing left to ground
             self.decoded.append(None)
             return None
@@ -199,6 +204,11 @@ class PointerDecoder(ObjectDecoder):
         if not self.model.config.loc_feedback:
             return None
         return self.model.feedback_embeds(self.state, objs.masks[b, j][None], self._bidx)
+
+
+def _share(logits: torch.Tensor, ids: list) -> float:
+    """The LM's probability, from (V,) next-token logits, that the next token is one of ``ids``."""
+    return float(logits.float().softmax(-1)[ids].sum())
 
 
 def answer_decoder(model, state, frame: ImageFrame, bidx: int = 0, max_objects: int | None = None):
