@@ -140,6 +140,7 @@ class ObjectTokensConfig:
     list_gate: float = 0.0  # inference: after a <loc>, the answer may not end (</s>, ":" or ".") while a proposal it has not grounded has a match probability at least this (0: off) ...
     list_doubt: float = 0.02  # ... and the LM itself gives going on (any token but those ends) at least this probability (a one-object answer's LM is sure it ends)
     start_gate: float = 0.0  # inference: the answer must start by grounding (<p> or <loc>) when a proposal has a match probability at least this and the LM gives grounding first at least list_doubt (0: off)
+    region_relation: bool = False  # each object token also gets a learned projection of how it relates to its turn's regions: same attribute words (the region read-out), same object (ObjectTokens.region_relations)
     own_proposals: float = 0.0  # training: probability that an image's object tokens come from the model's own proposals (matched ground truth keeps its slot; see ObjectTokens.from_batch)
 
 
@@ -291,6 +292,7 @@ class TrainConfig:
     eval_every: int = 1000
     eval_scenes: int = 150  # held-out ShapesRef scenes per periodic evaluation
     eval_seed: int = 10_000_000  # held-out seeds start here (training seeds start at 0)
+    eval_v2: bool = False  # the periodic evaluation also asks every scene ShapesRef v2's requests (N-acc, T-acc, follow-ups, same-as-region)
     threads: int = 0  # torch threads (0: leave default)
     deepspeed: Optional[str] = None  # path to a DeepSpeed JSON config (ZeRO stage; GPU or CPU); None: plain torch / DDP
     bf16: bool = False  # bf16 autocast in every engine (DeepSpeed also keeps bf16 weights when its JSON enables bf16)

@@ -491,11 +491,14 @@ def training_eval(model, tc) -> dict:
     from perception.pipeline import Pipeline
 
     pipe = Pipeline(model, model.device)
-    rep = evaluate(pipe, shapesref_items(tc.eval_seed, tc.eval_scenes), progress=False)
+    rep = evaluate(pipe, shapesref_items(tc.eval_seed, tc.eval_scenes, tc.eval_scenes if tc.eval_v2 else 0), progress=False)
     g = rep["grounding"]
     out = {f"acc_{t}": g[t]["acc@0.5"] for t in g}
     out.update({"mIoU": g["overall"]["mIoU"], "f1": rep["multi_object"]["f1"], "region": rep["region_accuracy"]["accuracy"],
                 "count": rep["counting_accuracy"]["accuracy"], "click_mIoU": rep["click_mIoU"]["mIoU"]})
+    if tc.eval_v2:
+        out.update({"n_acc": rep["no_target"]["n_acc"], "t_acc": rep["target"]["t_acc"], "followup": rep["followup"]["accuracy"],
+                    "same_as_region_f1": rep["same_as_region"]["f1"]})
     return out
 
 

@@ -165,7 +165,11 @@ class PerceptionModel(nn.Module):
         img = state.visual.tokens[has_image].reshape(-1, emb.shape[-1]) if has_image.any() else None
         parts = [(self.prompts.image_id, img, "image"), (self.prompts.region_id, region_embeds, "region")]
         if self.prompts.object_id is not None:
-            parts.append((self.prompts.object_id, placeholder_values(input_ids, self.prompts.object_id, state.objects), "object"))
+            values = placeholder_values(input_ids, self.prompts.object_id, state.objects)
+            if self.object_tokens.relation is not None:
+                values = values + self.object_tokens.region_relations(input_ids, self.prompts.object_id, self.prompts.region_id, region_embeds,
+                                                                      state.objects, getattr(self, "region_aux", None))
+            parts.append((self.prompts.object_id, values, "object"))
         emb = merge_placeholders(emb, input_ids, parts)
         if loc_feedback is not None and loc_feedback[1].shape[0]:
             is_fed, fb = loc_feedback

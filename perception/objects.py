@@ -68,7 +68,9 @@ class ObjectSet:
 
     masks (B, K, m, m) in [0, 1]; boxes (B, K, 4) normalised corners (zeros when empty);
     valid (B, K) bool (a slot holds a proposal); scores (B, K) proposal confidence (1 when given);
-    embeds (B, K, D) the object-token input embeddings.
+    embeds (B, K, D) the object-token input embeddings; codes (B, K, D) the region encoder's part of
+    them (without the position), which ``region_relations`` compares with a turn's regions (zeros
+    when empty; None for sets built without it).
     """
 
     masks: torch.Tensor
@@ -76,9 +78,11 @@ class ObjectSet:
     valid: torch.Tensor
     scores: torch.Tensor
     embeds: torch.Tensor
+    codes: torch.Tensor = None
 
     def select(self, index) -> "ObjectSet":
-        return ObjectSet(*(t[index] for t in (self.masks, self.boxes, self.valid, self.scores, self.embeds)))
+        fields = (self.masks, self.boxes, self.valid, self.scores, self.embeds, self.codes)
+        return ObjectSet(*(None if t is None else t[index] for t in fields))
 
     def pixel_mask(self, b: int, j: int, frame) -> np.ndarray:
         """Slot ``j`` of image ``b`` as an H x W bool mask in input-image pixels (``frame``: an ImageFrame)."""
@@ -211,6 +215,12 @@ class ObjectTokens(nn.Module):
         self.key = nn.Linear(dim, oc.pointer_dim)
         # "is this object one the turn asks for?" (loss.match): the turn's decision state against each object token
         self.match = MatchScore(dim, oc.pointer_dim) if cfg.loss.match > 0 else None
+        # each object token's relation to the regions of its turn (objects.region_relation; region_relations)
+        self.relation = None
+        if oc.region_relation:
+            self.relation = nn.Linear(len(cfg.token_aux.attributes) + 2, dim)
+            nn.init.zeros_(self.relation.weight)
+            nn.init.zeros_(self.relation.bias)
 
     enabled = staticmethod(objects_on)
 
@@ -250,13 +260,16 @@ class ObjectTokens(nn.Module):
         boxes, nonempty = boxes_of_masks(masks.flatten(0, 1))
         valid = valid & nonempty.view(B, K)
         embeds = self.empty.to(feats.pixels.dtype).expand(B, K, -1).clone()
+        codes = torch.zeros_like(embeds)
         b, j = valid.nonzero(as_tuple=True)
         if len(b):
             vb = boxes.view(B, K, 4)[b, j]
-            e = region_encoder(vb, masks[b, j].float(), feats.pixels[b]) + self.position(fourier_positions(vb, self.cfg.objects.position_freqs))
+            code = region_encoder(vb, masks[b, j].float(), feats.pixels[b])
+            e = code + self.position(fourier_positions(vb, self.cfg.objects.position_freqs))
             embeds = embeds.index_put((b, j), e.to(embeds.dtype))
+            codes = codes.index_put((b, j), code.detach().to(codes.dtype))
         scores = valid.float() if scores is None else scores * valid
-        return ObjectSet(masks * valid[..., None, None], boxes.view(B, K, 4) * valid[..., None], valid, scores, embeds)
+        return ObjectSet(masks * valid[..., None, None], boxes.view(B, K, 4) * valid[..., None], valid, scores, embeds, codes)
 
     def from_pixel_masks(self, region_encoder, feats, masks: list, frame) -> ObjectSet:
         """One image's given proposals, H x W bool masks in input-image pixels (at most K; ``frame``
@@ -280,6 +293,59 @@ class ObjectTokens(nn.Module):
         k = self.key(object_states.float())
         s = torch.einsum("lp,lkp->lk", q, k) / math.sqrt(q.shape[-1])
         return s.masked_fill(~valid, -1e4)
+
+    # --- the turn's regions -------------------------------------------------------------------
+    def region_relations(self, input_ids, object_id: int, region_id: int, region_embeds, objects: ObjectSet, readout=None):
+        """What each object token is to the regions of its turn (``objects.region_relation``), added
+        to the ``<obj>`` values (``placeholder_values``' order): zeros for a turn with no region and
+        for empty slots; else ``relation`` of the mean over the turn's regions of the features
+        [per attribute group, the probability that region and object read the same word (``readout``:
+        the RegionAttributes head, whose read-out both embeddings are trained for; 0 without it),
+        cosine(region embedding, object code) (1: the region *is* this object), 1].
+
+        A turn's regions are the ``<region>`` ids after the previous turn's object tokens and before
+        its own. input_ids (B, T); region_embeds (R, D) in row-major placeholder order, or None.
+        The features carry no gradient (their parts are trained by their own losses); ``relation``
+        learns which matter for what the turn asks ("the same colour as <region1>", "it").
+        """
+        is_obj = input_ids == object_id
+        n = int(is_obj.sum())
+        out = objects.embeds.new_zeros(n, objects.embeds.shape[-1])
+        if region_embeds is None or not len(region_embeds) or objects.codes is None:
+            return out
+        feats = self._relation_features(input_ids, is_obj, region_id, region_embeds.detach(), objects, readout)
+        return out + self.relation(feats).to(out.dtype) * (feats[:, -1:] > 0).to(out.dtype)
+
+    @torch.no_grad()
+    def _relation_features(self, input_ids, is_obj, region_id, region_embeds, objects: ObjectSet, readout):
+        """(n, G + 2) features for the n ``<obj>`` ids in row-major order (``region_relations``)."""
+        K, G = self.k, len(self.cfg.token_aux.attributes)
+        is_reg = input_ids == region_id
+        feats, r0 = [], 0
+        for b in range(input_ids.shape[0]):
+            starts = is_obj[b].nonzero().flatten().view(-1, K)[:, 0].contiguous()  # (turns,) each turn's first <obj>
+            rpos = is_reg[b].nonzero().flatten()
+            regs = region_embeds[r0:r0 + len(rpos)].float()
+            r0 += len(rpos)
+            f = torch.zeros(len(starts), K, G + 2, device=input_ids.device)
+            if len(rpos) and len(starts):
+                turn = torch.searchsorted(starts, rpos)  # the turn whose object tokens follow each region
+                codes, valid = objects.codes[b].float(), objects.valid[b]
+                pair = [F.cosine_similarity(regs[:, None], codes[None], dim=-1)[..., None]]  # (R, K, 1)
+                if readout is not None and G:
+                    pr = [p.softmax(-1)[..., 1:] for p in readout.proj(regs).float().split(readout.sizes[:G], -1)]
+                    po = [p.softmax(-1)[..., 1:] for p in readout.proj(codes).float().split(readout.sizes[:G], -1)]
+                    pair.insert(0, torch.stack([a @ o.T for a, o in zip(pr, po)], -1))  # (R, K, G)
+                else:
+                    pair.insert(0, torch.zeros(len(rpos), K, G, device=input_ids.device))
+                pair.append(torch.ones(len(rpos), K, 1, device=input_ids.device))
+                pair = torch.cat(pair, -1) * valid[None, :, None]
+                for t in range(len(starts)):
+                    sel = turn == t
+                    if bool(sel.any()):
+                        f[t] = pair[sel].mean(0)
+            feats.append(f.flatten(0, 1))
+        return torch.cat(feats) if feats else torch.zeros(0, G + 2, device=input_ids.device)
 
     # --- training (auxiliary-head interface, perception/heads/aux.py) -------------------------
     @staticmethod

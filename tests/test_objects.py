@@ -647,3 +647,37 @@ def test_the_proposal_and_presence_probes_run_on_an_object_token_model(objects_m
     rep = load("presence_probe").probe(Pipeline(objects_model), 12_000_000, 1)
     assert "ground_none" in rep or "same_as_region-" in rep or "same_as_region+" in rep
     assert all(0.0 <= v["top_match"] <= 1.0 and 0.0 <= v["p_ground_first"] <= 1.0 for v in rep.values())
+
+
+def test_object_tokens_read_their_relation_to_the_turns_region(objects_model):
+    """objects.region_relation: the object tokens of a turn that names a region get relation(features)
+    added -- the same object scores cosine 1 -- and the other turns' tokens and empty slots do not."""
+    from perception.data.shapesref import make_sample
+
+    model = objects_model
+    assert model.object_tokens.relation is not None and model.config.objects.region_relation
+    sample = make_sample(11, tasks=["ground_A"], n_objects=3)
+    n, K = len(sample.masks), model.config.objects.max_objects
+    _, state, masks = _state_with_truths(model, sample)
+    ot = model.object_tokens
+    with torch.no_grad():
+        enc = model.prompts.encode([("Find the objects with the same color as <region1>.", "no"), ("And the stars?", None)],
+                                   add_generation_prompt=True)
+        ids = torch.tensor([enc.input_ids])
+        region = model.region_encoder(state.objects.boxes[0, 1:2], masks[0, 1:2], state.mask.pixels)  # object 1's own region
+        plain = model.embed(ids, state, region)
+        is_obj = ids == model.prompts.object_id
+        feats = ot._relation_features(ids, is_obj, model.prompts.region_id, region, state.objects, model.region_aux)
+        torch.nn.init.normal_(ot.relation.weight)
+        try:
+            related = model.embed(ids, state, region)
+        finally:
+            torch.nn.init.zeros_(ot.relation.weight)
+    G = len(model.config.token_aux.attributes)
+    assert feats.shape == (2 * K, G + 2)
+    assert torch.allclose(feats[1, G], torch.tensor(1.0), atol=1e-5)  # cosine with the region's own object
+    assert bool((feats[:n, G] < feats[1, G] + 1e-6).all()) and bool((feats[:n, :G] >= 0).all() & (feats[:n, :G] <= 1).all())
+    assert (feats[n:K] == 0).all() and (feats[K:] == 0).all()  # empty slots; the turn without a region
+    at = is_obj[0].nonzero().flatten()
+    changed = (related[0, at] - plain[0, at]).abs().amax(-1) > 1e-6
+    assert changed.tolist() == [True] * n + [False] * (K - n) + [False] * K

@@ -90,3 +90,15 @@ def test_frozen_parts_stay_frozen_and_unchanged_across_a_resume(tmp_path):
     assert all(torch.equal(s2[k], s4[k]) and torch.equal(s4[k], s6[k]) for k in s2)
     assert not torch.equal(from_pretrained(out / "checkpoint-000004").backbone.projector[0].weight,
                            from_pretrained(out / "checkpoint-000006").backbone.projector[0].weight)  # the rest trains
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_the_periodic_evaluation_reports_v2_when_asked(tmp_path, tiny_model, v2):
+    """training_eval: v1's headline numbers; with eval_v2 also N-acc, T-acc, follow-ups and same-as-region F1."""
+    from perception.evaluate import training_eval
+
+    out = training_eval(tiny_model, _cfg(tmp_path, 1, eval_scenes=2, eval_v2=v2))
+    assert {"acc_overall", "f1", "count", "region", "click_mIoU"} <= set(out)
+    v2_keys = {"n_acc", "t_acc", "followup", "same_as_region_f1"}
+    assert (v2_keys <= set(out)) if v2 else not (v2_keys & set(out))
+    assert all(0.0 <= out[k] <= 1.0 for k in v2_keys & set(out))
