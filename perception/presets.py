@@ -64,10 +64,6 @@ def _tiny_objects() -> PerceptionConfig:
     cfg.objects.proposal_dilations = [1, 2, 4]
     cfg.objects.proposal_pool = 2
     cfg.loss.match = 1.0
-    # "the same colour as <region1>": each object token also reads how it relates to the turn's
-    # region (same attribute words, same object), which the LM alone barely learned (same-as-region
-    # F1 0.07 with the previous recipe; docs/RESULTS.md).
-    cfg.objects.region_relation = True
     return cfg
 
 
