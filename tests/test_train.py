@@ -102,3 +102,15 @@ def test_the_periodic_evaluation_reports_v2_when_asked(tmp_path, tiny_model, v2)
     v2_keys = {"n_acc", "t_acc", "followup", "same_as_region_f1"}
     assert (v2_keys <= set(out)) if v2 else not (v2_keys & set(out))
     assert all(0.0 <= out[k] <= 1.0 for k in v2_keys & set(out))
+
+
+def test_the_data_cost_bench_measures_the_recipes_stream():
+    """bench/data_cost.py (docs/BENCHMARKS.md): drawing and collating the v2 recipe's samples."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("data_cost", ROOT / "bench" / "data_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = mod.measure(str(ROOT / "configs" / "tiny_shapesref_v2.yaml"), 3, 1)
+    assert r["samples"] == 3 and r["batch_size"] == 16 and r["draw_ms"] > 0 and r["collate_ms"] > 0
+    assert len(r["tasks"]) == 15 and all(v > 0 for v in r["tasks"].values())
