@@ -1,6 +1,11 @@
 """Training-step cost of presets on the same samples: forward + backward + AdamW, batch 16.
 
     python bench/step_cost.py [--presets tiny tiny-objects] [--steps 4] [--threads 2]
+    python bench/step_cost.py --config configs/tiny_shapesref_v2.yaml [--steps 4]
+
+With ``--config``: one model as that training config builds it (its preset and model_overrides, its
+frozen parts, no warm start), on its own task mix, batch size and collator settings, with no data
+worker or periodic evaluation beside it: the recipe's step on an idle machine.
 
 Steps alternate between the presets (the same ShapesRef v1 + v2 samples for each, DataConfig's
 default task mix), so a loaded machine slows them alike; the first step of each is a warm-up and
@@ -34,13 +39,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="steps per preset, the first one a warm-up")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--config", help="a training config (YAML): measure its model, frozen parts, mix and batch instead of --presets")
     args = ap.parse_args()
     if args.steps < 2:
         raise SystemExit("--steps must be at least 2 (the first is a warm-up)")
     torch.set_num_threads(args.threads)
     data, tok = DataConfig(), build_tiny_tokenizer()
     runs = {}
-    for name in args.presets:
+    if args.config:
+        from perception.train import build_model, load_train_config
+
+        tc = load_train_config(args.config, ["init_from=null"])
+        data, args.batch = tc.data, tc.batch_size
+        torch.manual_seed(0)
+        m = build_model(tc).train()
+        col = Collator(m.config, m.tokenizer, m.backbone.num_image_tokens, clicks_per_image=data.clicks_per_image,
+                       click_teacher=data.click_teacher, seed=0)
+        runs[args.config] = (m, col, torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4), [])
+    for name in [] if args.config else args.presets:
         torch.manual_seed(0)
         m = PerceptionModel(get_preset(name), tok).train()
         col = Collator(m.config, m.tokenizer, m.backbone.num_image_tokens, seed=0)
