@@ -309,12 +309,10 @@ class ObjectTokens(nn.Module):
         learns which matter for what the turn asks ("the same colour as <region1>", "it").
         """
         is_obj = input_ids == object_id
-        n = int(is_obj.sum())
-        out = objects.embeds.new_zeros(n, objects.embeds.shape[-1])
         if region_embeds is None or not len(region_embeds) or objects.codes is None:
-            return out
+            return objects.embeds.new_zeros(int(is_obj.sum()), objects.embeds.shape[-1])
         feats = self._relation_features(input_ids, is_obj, region_id, region_embeds.detach(), objects, readout)
-        return out + self.relation(feats).to(out.dtype) * (feats[:, -1:] > 0).to(out.dtype)
+        return (self.relation(feats) * (feats[:, -1:] > 0)).to(objects.embeds.dtype)
 
     @torch.no_grad()
     def _relation_features(self, input_ids, is_obj, region_id, region_embeds, objects: ObjectSet, readout):
@@ -328,22 +326,20 @@ class ObjectTokens(nn.Module):
             regs = region_embeds[r0:r0 + len(rpos)].float()
             r0 += len(rpos)
             f = torch.zeros(len(starts), K, G + 2, device=input_ids.device)
-            if len(rpos) and len(starts):
-                turn = torch.searchsorted(starts, rpos)  # the turn whose object tokens follow each region
-                codes, valid = objects.codes[b].float(), objects.valid[b]
-                pair = [F.cosine_similarity(regs[:, None], codes[None], dim=-1)[..., None]]  # (R, K, 1)
+            turn = torch.searchsorted(starts, rpos)  # the turn whose object tokens follow each region
+            keep = turn < len(starts)
+            if bool(keep.any()):
+                regs, turn = regs[keep], turn[keep]
+                codes, R = objects.codes[b].float(), len(turn)
                 if readout is not None and G:
-                    pr = [p.softmax(-1)[..., 1:] for p in readout.proj(regs).float().split(readout.sizes[:G], -1)]
-                    po = [p.softmax(-1)[..., 1:] for p in readout.proj(codes).float().split(readout.sizes[:G], -1)]
-                    pair.insert(0, torch.stack([a @ o.T for a, o in zip(pr, po)], -1))  # (R, K, G)
+                    pr, po = (readout.probabilities(x)[:G] for x in (regs, codes))
+                    same = torch.stack([a[..., 1:] @ o[..., 1:].T for a, o in zip(pr, po)], -1)  # (R, K, G), "none" left out
                 else:
-                    pair.insert(0, torch.zeros(len(rpos), K, G, device=input_ids.device))
-                pair.append(torch.ones(len(rpos), K, 1, device=input_ids.device))
-                pair = torch.cat(pair, -1) * valid[None, :, None]
-                for t in range(len(starts)):
-                    sel = turn == t
-                    if bool(sel.any()):
-                        f[t] = pair[sel].mean(0)
+                    same = regs.new_zeros(R, K, G)
+                cos = F.cosine_similarity(regs[:, None], codes[None], dim=-1)[..., None]  # (R, K, 1)
+                pair = torch.cat([same, cos, regs.new_ones(R, K, 1)], -1) * objects.valid[b][None, :, None]
+                f.index_add_(0, turn, pair)
+                f /= torch.bincount(turn, minlength=len(starts)).clamp(min=1)[:, None, None]  # the mean over the turn's regions
             feats.append(f.flatten(0, 1))
         return torch.cat(feats) if feats else torch.zeros(0, G + 2, device=input_ids.device)
 

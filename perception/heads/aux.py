@@ -80,10 +80,18 @@ class _AttributeReadout(nn.Module):
         self.sizes = [len(g) + 1 for g in cfg.token_aux.attributes] * self.copies  # e.g. centre groups, then cover groups
         self.proj = nn.Linear(dim, sum(self.sizes))
 
+    def group_logits(self, states: torch.Tensor) -> tuple:
+        """states: (..., D) -> per attribute group (copies x G), (..., 1 + its words) logits (0: none)."""
+        return self.proj(states.float()).split(self.sizes, -1)
+
+    def probabilities(self, states: torch.Tensor) -> list:
+        """``group_logits`` as probabilities."""
+        return [g.softmax(-1) for g in self.group_logits(states)]
+
     def readout_loss(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """states: (..., D); targets: (..., copies * G) long (IGNORE = no target).
         Returns the mean cross-entropy over the groups that have targets (0 when none do)."""
-        logits = self.proj(states.float()).split(self.sizes, -1)
+        logits = self.group_logits(states)
         parts = []
         for j, lg in enumerate(logits):
             t = targets[..., j].reshape(-1)
