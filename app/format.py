@@ -231,11 +231,12 @@ FIRST_PROMPTS = ("Find all the triangles.", "Find the red circle.", "How many sq
 
 def suggested_prompts(n_regions: int) -> list[str]:
     """Messages the app offers under the message box: requests about the scene, or, once a click has
-    added ``<region{n_regions}>``, requests about that region. The same-as-a-region request is
-    worded as ShapesRef's training data words it ("color", not "colour"; ../shared/SHAPESREF.md v2).
+    added ``<region{n_regions}>``, requests about that region, the ones the shipped model answers
+    best first (region questions 0.966; same-as-a-region F1 0.073: docs/RESULTS.md). The
+    same-as-a-region request is worded as ShapesRef's training data words it ("color", not
+    "colour"; ../shared/SHAPESREF.md v2).
     """
     if n_regions < 1:
         return list(FIRST_PROMPTS)
     r = f"<region{n_regions}>"
-    return [f"Find all the objects with the same color as {r}.", f"Find all the objects with the same shape as {r}.",
-            f"What is {r}?"]
+    return [f"What is {r}?", f"Describe {r}.", f"Find all the objects with the same color as {r}."]

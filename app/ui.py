@@ -26,8 +26,8 @@ and the phrase naming it in the chat has **the same colour**.
 3. **Refer** to something by clicking it: a click segments the object and adds `<region1>`
    (then `<region2>`, ...) to your message, e.g. *What is &lt;region1&gt;?* In **box** mode, click two
    opposite corners instead (or type the corners below). Remove regions one by one, or clear them.
-   After a click, **Try** offers requests about that region, e.g. *Find all the objects with the
-   same color as &lt;region1&gt;.*
+   After a click, **Try** offers requests about that region, e.g. *Describe &lt;region1&gt;.* or
+   *Find all the objects with the same color as &lt;region1&gt;.*
 """
 
 CSS = """
