@@ -23,10 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from perception.data.collate import Collator  # noqa: E402
 from perception.data.shapesref import make_sample  # noqa: E402
 from perception.data.streams import build_stream  # noqa: E402
-from perception.train import build_model, load_train_config  # noqa: E402
+from perception.train import build_model, load_train_config, make_collator  # noqa: E402
 
 
 def _ms(f) -> float:
@@ -41,8 +40,7 @@ def measure(config: str, n_samples: int, per_task: int) -> dict:
     if tc.data.source != "shapesref":
         raise ValueError(f"{config} streams {tc.data.source!r}; this measures the ShapesRef stream")
     model = build_model(tc)
-    collate = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens,
-                       clicks_per_image=tc.data.clicks_per_image, click_teacher=tc.data.click_teacher, seed=0)
+    collate = make_collator(model, tc)
     stream = iter(build_stream(tc.data, tc.seed))
     next(stream)  # imports and first-call set-up are not counted
     samples, bs = [], tc.batch_size

@@ -47,14 +47,13 @@ def main() -> None:
     data, tok = DataConfig(), build_tiny_tokenizer()
     runs = {}
     if args.config:
-        from perception.train import build_model, load_train_config
+        from perception.train import build_model, load_train_config, make_collator
 
         tc = load_train_config(args.config, ["init_from=null"])
         data, args.batch = tc.data, tc.batch_size
         torch.manual_seed(0)
         m = build_model(tc).train()
-        col = Collator(m.config, m.tokenizer, m.backbone.num_image_tokens, clicks_per_image=data.clicks_per_image,
-                       click_teacher=data.click_teacher, seed=0)
+        col = make_collator(m, tc)
         runs[args.config] = (m, col, torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4), [])
     for name in [] if args.config else args.presets:
         torch.manual_seed(0)

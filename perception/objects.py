@@ -70,7 +70,7 @@ class ObjectSet:
     valid (B, K) bool (a slot holds a proposal); scores (B, K) proposal confidence (1 when given);
     embeds (B, K, D) the object-token input embeddings; codes (B, K, D) the region encoder's part of
     them (without the position), which ``region_relations`` compares with a turn's regions (zeros
-    when empty; None for sets built without it).
+    when empty; None unless the model has ``objects.region_relation``).
     """
 
     masks: torch.Tensor
@@ -260,14 +260,15 @@ class ObjectTokens(nn.Module):
         boxes, nonempty = boxes_of_masks(masks.flatten(0, 1))
         valid = valid & nonempty.view(B, K)
         embeds = self.empty.to(feats.pixels.dtype).expand(B, K, -1).clone()
-        codes = torch.zeros_like(embeds)
+        codes = torch.zeros_like(embeds) if self.relation is not None else None  # only the region relation reads them
         b, j = valid.nonzero(as_tuple=True)
         if len(b):
             vb = boxes.view(B, K, 4)[b, j]
             code = region_encoder(vb, masks[b, j].float(), feats.pixels[b])
             e = code + self.position(fourier_positions(vb, self.cfg.objects.position_freqs))
             embeds = embeds.index_put((b, j), e.to(embeds.dtype))
-            codes = codes.index_put((b, j), code.detach().to(codes.dtype))
+            if codes is not None:
+                codes = codes.index_put((b, j), code.detach().to(codes.dtype))
         scores = valid.float() if scores is None else scores * valid
         return ObjectSet(masks * valid[..., None, None], boxes.view(B, K, 4) * valid[..., None], valid, scores, embeds, codes)
 
@@ -311,7 +312,7 @@ class ObjectTokens(nn.Module):
         is_obj = input_ids == object_id
         if region_embeds is None or not len(region_embeds) or objects.codes is None:
             return objects.embeds.new_zeros(int(is_obj.sum()), objects.embeds.shape[-1])
-        feats = self._relation_features(input_ids, is_obj, region_id, region_embeds.detach(), objects, readout)
+        feats = self._relation_features(input_ids, is_obj, region_id, region_embeds, objects, readout)  # no gradient
         return (self.relation(feats) * (feats[:, -1:] > 0)).to(objects.embeds.dtype)
 
     @torch.no_grad()

@@ -108,14 +108,20 @@ def _output_dir(tc: TrainConfig, rank: int) -> Path:
     return out
 
 
+def make_collator(model, tc: TrainConfig, seed: int = 0):
+    """The Collator that training config ``tc`` feeds ``model`` with (its click settings; ``seed``
+    drives the collator's random choices)."""
+    from perception.data.collate import Collator
+
+    return Collator(model.config, model.tokenizer, model.backbone.num_image_tokens,
+                    clicks_per_image=tc.data.clicks_per_image, click_teacher=tc.data.click_teacher, seed=seed)
+
+
 def make_loader(model, tc: TrainConfig, rank: int, world: int, start: int) -> DataLoader:
     """The batch stream of one rank, continuing after ``start`` steps (fresh samples on resume)."""
-    from perception.data.collate import Collator
     from perception.data.streams import build_stream
 
-    collate = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens,
-                       clicks_per_image=tc.data.clicks_per_image, click_teacher=tc.data.click_teacher,
-                       seed=tc.seed * 7919 + rank * 104729 + start)
+    collate = make_collator(model, tc, seed=tc.seed * 7919 + rank * 104729 + start)
     stream = build_stream(tc.data, tc.seed, rank, world, start * tc.batch_size)
     return DataLoader(stream, batch_size=tc.batch_size, collate_fn=collate,
                       num_workers=tc.data.num_workers, persistent_workers=tc.data.num_workers > 0,
