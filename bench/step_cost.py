@@ -1,11 +1,12 @@
 """Training-step cost of presets on the same samples: forward + backward + AdamW, batch 16.
 
     python bench/step_cost.py [--presets tiny tiny-objects] [--steps 4] [--threads 2]
-    python bench/step_cost.py --config configs/tiny_shapesref_v2.yaml [--steps 4]
+    python bench/step_cost.py --config configs/tiny_shapesref_v2.yaml [--steps 4] [--set data.multi_turn=0.5]
 
 With ``--config``: one model as that training config builds it (its preset and model_overrides, its
-frozen parts, no warm start), on its own task mix, batch size and collator settings, with no data
-worker or periodic evaluation beside it: the recipe's step on an idle machine.
+frozen parts, no warm start), on its own task mix, share of two-request conversations
+(``data.multi_turn``), batch size and collator settings, with no data worker or periodic evaluation
+beside it: the recipe's step on an idle machine. ``--set`` overrides the config as ``train --set`` does.
 
 Steps alternate between the presets (the same ShapesRef v1 + v2 samples for each, DataConfig's
 default task mix), so a loaded machine slows them alike; the first step of each is a warm-up and
@@ -17,6 +18,7 @@ Used in configs/tiny_shapesref_v2.yaml.
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from pathlib import Path
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--config", help="a training config (YAML): measure its model, frozen parts, mix and batch instead of --presets")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of --config's values (as train --set)")
     args = ap.parse_args()
     if args.steps < 2:
         raise SystemExit("--steps must be at least 2 (the first is a warm-up)")
@@ -49,7 +52,7 @@ def main() -> None:
     if args.config:
         from perception.train import build_model, load_train_config, make_collator
 
-        tc = load_train_config(args.config, ["init_from=null"])
+        tc = load_train_config(args.config, ["init_from=null", *args.set])
         data, args.batch = tc.data, tc.batch_size
         torch.manual_seed(0)
         m = build_model(tc).train()
@@ -60,8 +63,12 @@ def main() -> None:
         m = PerceptionModel(get_preset(name), tok).train()
         col = Collator(m.config, m.tokenizer, m.backbone.num_image_tokens, seed=0)
         runs[name] = (m, col, torch.optim.AdamW(m.parameters(), lr=1e-4), [])
+    if args.set and not args.config:
+        raise SystemExit("--set needs --config")
+    turns = random.Random(0)  # two-request conversations at the mix's rate, as the training stream draws them
     for step in range(args.steps):
-        samples = [make_sample(1000 * step + i, tasks=data.tasks, weights=data.weights) for i in range(args.batch)]
+        samples = [make_sample(1000 * step + i, tasks=data.tasks, weights=data.weights,
+                               n_requests=2 if turns.random() < data.multi_turn else 1) for i in range(args.batch)]
         for m, col, opt, times in runs.values():
             batch = col(samples)
             cpu, wall = time.process_time(), time.time()
