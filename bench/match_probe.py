@@ -37,7 +37,7 @@ def probe(model, seed: int, count: int) -> dict:
         state = model.encode_images(batch["pixel_values"], propose=False)
         state.objects = ot.from_masks(model.region_encoder, state.mask, batch["object_masks"], batch["object_valid"])
         emb = model.embed(batch["input_ids"], state, model.encode_regions(state, batch.get("regions")))
-        _, hidden, _ = model.backbone.forward_embeds(emb, batch.get("attention_mask"))
+        _, hidden, _ = model.backbone.forward_embeds(emb, model.lm_attention(batch["input_ids"], batch.get("attention_mask")))
         logits, valid = ot.match_logits(hidden, batch["input_ids"], batch["labels"], model.prompts.object_id,
                                         state.objects.valid)
         prob = logits.sigmoid()

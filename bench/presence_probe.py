@@ -42,7 +42,7 @@ def probe(pipe, seed: int, count: int) -> dict:
                 continue
             turn = pipe._prepare_turn(scene.image, t.user, None, list(t.regions or []), None)
             emb = model.embed(turn.input_ids, turn.state, turn.region_embeds)
-            logits, hidden, _ = model.backbone.forward_embeds(emb)
+            logits, hidden, _ = model.backbone.forward_embeds(emb, model.lm_attention(turn.input_ids))
             turn.decoder.see_prompt(turn.input_ids[0], hidden[0])
             valid = turn.state.objects.valid[0]
             top = float(turn.decoder._match[valid].max()) if bool(valid.any()) else 0.0

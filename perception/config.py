@@ -140,6 +140,7 @@ class ObjectTokensConfig:
     list_gate: float = 0.0  # inference: after a <loc>, the answer may not end (</s>, ":" or ".") while a proposal it has not grounded has a match probability at least this (0: off) ...
     list_doubt: float = 0.02  # ... and the LM itself gives going on (any token but those ends) at least this probability (a one-object answer's LM is sure it ends)
     start_gate: float = 0.0  # inference: the answer must start by grounding (<p> or <loc>) when a proposal has a match probability at least this and the LM gives grounding first at least list_doubt (0: off)
+    bidirectional: bool = False  # a turn's object tokens attend to one another both ways (the LM stays causal elsewhere): the first token can compare itself with the last ("the largest", "the leftmost")
     region_relation: bool = False  # each object token also gets a learned projection of how it relates to its turn's regions: same attribute words (the region read-out), same object (ObjectTokens.region_relations)
     own_proposals: float = 0.0  # training: probability that an image's object tokens come from the model's own proposals (matched ground truth keeps its slot; see ObjectTokens.from_batch)
 

@@ -23,7 +23,7 @@ from perception.config import PerceptionConfig
 from perception.geometry import boxes_of_masks, components_at, context_boxes
 from perception.heads import BoxHead, RegionEncoder, build_mask_head
 from perception.heads.aux import AuxInputs, enabled_aux_heads
-from perception.objects import ensure_object_token, object_slots, placeholder_values
+from perception.objects import ensure_object_token, object_attention_mask, object_slots, placeholder_values
 from perception.prompting import IGNORE, PromptEncoder, image_after_question
 
 
@@ -89,6 +89,9 @@ class PerceptionModel(nn.Module):
                                      image_after_question=image_after_question(config))
         if hasattr(self.backbone, "set_image_token_id"):
             self.backbone.set_image_token_id(self.prompts.image_id)
+        if config.objects.enabled and config.objects.bidirectional and not self.backbone.supports_attention_blocks:
+            raise ValueError(f"objects.bidirectional needs a backbone that takes a (B, 1, T, T) attention mask; "
+                             f"{type(self.backbone).__name__} does not (set objects.bidirectional: false)")
         D = self.backbone.hidden_size
         channels = self._map_channels()
         self.mask_head = build_mask_head(config.mask_head, D, channels)
@@ -177,6 +180,16 @@ class PerceptionModel(nn.Module):
             emb = emb.index_put((pos[0][is_fed], pos[1][is_fed]), fb.to(emb.dtype), accumulate=True)
         return emb
 
+    def lm_attention(self, input_ids, attention_mask=None):
+        """The attention mask to run a whole prompt (or teacher-forced batch) with: ``attention_mask``
+        (B, T) as given (None: no padding), or with ``objects.bidirectional`` the (B, 1, T, T) one in
+        which each turn's object tokens see one another (perception.objects.object_attention_mask).
+        Decoding steps after the prompt attend to everything before them and need neither."""
+        oc = self.config.objects
+        if not (oc.enabled and oc.bidirectional):
+            return attention_mask
+        return object_attention_mask(input_ids, self.prompts.object_id, oc.max_objects, attention_mask)
+
     def feedback_embeds(self, state: ImageState, masks, bidx):
         """(K, h, w) object masks in [0, 1] (model frame) of images ``bidx`` -> (K, D) embeddings
         added to their <loc> tokens' inputs (``config.loc_feedback``): the region encoder reads
@@ -209,7 +222,7 @@ class PerceptionModel(nn.Module):
             bidx_all = (batch["input_ids"] == self.loc_id).nonzero(as_tuple=True)[0]
             fb = self.feedback_embeds(state, batch["loc_masks"][fed].to(state.mask.pixels.dtype), bidx_all[fed])
         emb = self.embed(batch["input_ids"], state, region_embeds, (fed, fb) if fb is not None else None)
-        logits, hidden, _ = self.backbone.forward_embeds(emb, batch.get("attention_mask"))
+        logits, hidden, _ = self.backbone.forward_embeds(emb, self.lm_attention(batch["input_ids"], batch.get("attention_mask")))
         out = {"ce": nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE
         )}

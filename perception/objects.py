@@ -115,6 +115,27 @@ def turn_object_states(hidden, input_ids, object_id: int, k: int, bidx, pos) -> 
     return torch.stack(out) if out else hidden.new_zeros(0, k, hidden.shape[-1])
 
 
+def object_attention_mask(input_ids, object_id: int, k: int, attention_mask=None) -> torch.Tensor:
+    """The LM's attention when a turn's object tokens see one another (``objects.bidirectional``).
+
+    input_ids (B, T); attention_mask (B, T) 1 on real tokens, 0 on padding (None: no padding) ->
+    (B, 1, T, T) bool, True where query t may attend to key s: causal (s <= t), and also s > t
+    when both are ``<obj>`` ids of the same turn (each turn's ``k`` consecutive ones, in order).
+    No query sees a padded key, except that a padded query sees itself (no row is empty).
+    """
+    B, T = input_ids.shape
+    dev = input_ids.device
+    allowed = torch.ones(T, T, dtype=torch.bool, device=dev).tril()[None].expand(B, T, T)
+    is_obj = input_ids == object_id
+    turn = torch.where(is_obj, (is_obj.long().cumsum(1) - 1) // k, -1)  # (B, T) the turn of each <obj>, else -1
+    allowed = allowed | ((turn[:, :, None] == turn[:, None, :]) & is_obj[:, :, None])
+    if attention_mask is not None:
+        real = attention_mask.bool()
+        allowed = allowed & real[:, None, :]
+        allowed = allowed | (torch.eye(T, dtype=torch.bool, device=dev)[None] & ~real[:, :, None])
+    return allowed[:, None]
+
+
 def placeholder_values(input_ids, object_id: int, objects) -> torch.Tensor:
     """(B, T) ids, an ObjectSet of B images (or None) -> (n, D) values for the ``<obj>`` ids in
     row-major order: each row's K embeddings once per turn. ValueError when there are no proposals
@@ -472,7 +493,7 @@ def decision_positions(is_obj: torch.Tensor, labels: torch.Tensor, k: int) -> to
     Rows in order, turns in order."""
     out = []
     for b in range(is_obj.shape[0]):
-        ends = is_obj[b].nonzero().flatten().view(-1, k)[:, -1]  # the turn's last <obj>
+        ends = is_obj[b].nonzero().flatten().view(-1, k)[:, -1].contiguous()  # the turn's last <obj>
         answer = (labels[b] != IGNORE).nonzero().flatten()
         first = answer[torch.searchsorted(answer, ends, right=True).clamp(max=len(answer) - 1)]
         if len(answer) == 0 or bool((first <= ends).any()):

@@ -691,3 +691,100 @@ def test_object_tokens_read_their_relation_to_the_turns_region(tiny_tokenizer, t
     torch.nn.init.normal_(ot.relation.weight)
     back = from_pretrained(save_pretrained(model, tmp_path / "m"))
     assert back.config.objects.region_relation and torch.equal(back.object_tokens.relation.weight, ot.relation.weight)
+
+
+def test_object_attention_mask_opens_each_turns_object_block_only():
+    from perception.objects import object_attention_mask
+
+    O = 9  # the object id; two turns of K = 2 object tokens, one row left-padded by two (-1)
+    ids = torch.tensor([[5, 6, O, O, 7, 8, O, O, 4],
+                        [-1, -1, 5, O, O, 7, O, O, 4]])
+    pad = (ids >= 0).long()
+    m = object_attention_mask(ids, O, 2, pad)
+    assert m.shape == (2, 1, 9, 9) and m.dtype == torch.bool
+    causal = torch.ones(9, 9, dtype=torch.bool).tril()
+    extra = m[0, 0] & ~causal  # row 0: only (2 -> 3) and (6 -> 7) look ahead
+    assert extra.nonzero().tolist() == [[2, 3], [6, 7]]
+    assert not (~m[0, 0] & causal).any()  # everything causal is kept (no padding in row 0)
+    assert (m[1, 0] & ~causal).nonzero().tolist() == [[3, 4], [6, 7]]
+    assert not m[1, 0, 2:, :2].any()  # no real token sees the padding
+    assert m[1, 0, :2].tolist()[0][:2] == [True, False] and m[1, 0, 1, 1]  # a padded query sees itself only
+    assert torch.equal(object_attention_mask(ids[:1], O, 2), m[:1])  # no padding mask: no padding
+
+
+def test_bidirectional_object_tokens_see_later_ones_and_cached_steps_match_a_full_pass(tiny_tokenizer):
+    """With objects.bidirectional the first object token's state depends on the last one's value
+    (without it, not), text before the object tokens is untouched, and a cached decoding step after
+    the prompt (run with the 4-D mask) gives the state a full pass over prompt + token gives."""
+    from perception.data.shapesref import make_sample
+    from perception.model import PerceptionModel
+
+    sample = make_sample(7, tasks=["ground_A"], n_objects=4)
+    for bidir in (False, True):
+        cfg = get_preset("tiny-objects")
+        cfg.objects = dataclasses.replace(cfg.objects, enabled=True, bidirectional=bidir)
+        torch.manual_seed(0)
+        model = PerceptionModel(cfg, tiny_tokenizer).eval()
+        bb = model.backbone
+        _, state, _ = _state_with_truths(model, sample)
+        enc = model.prompts.encode([("Find the red circle.", "no"), ("And the blue one?", None)], add_generation_prompt=True)
+        ids = torch.tensor([enc.input_ids])
+        at = (ids[0] == model.prompts.object_id).nonzero().flatten()
+        with torch.no_grad():
+            emb = model.embed(ids, state)
+            _, h0, past = bb.forward_embeds(emb, model.lm_attention(ids), use_cache=True)
+            moved = emb.clone()
+            moved[0, at[-1]] += 1.0  # the second turn's last object token
+            h1 = bb.forward_embeds(moved, model.lm_attention(ids))[1]
+            nxt = torch.tensor([[model.loc_id]])
+            step = bb.forward_embeds(bb.embed_tokens(nxt), past_key_values=past, use_cache=True)[1]
+            full = torch.cat([ids, nxt], 1)
+            whole = bb.forward_embeds(model.embed(full, state), model.lm_attention(full))[1]
+        K = cfg.objects.max_objects
+        first = at[-K]  # the second turn's first object token
+        assert (not torch.allclose(h0[0, first], h1[0, first], atol=1e-6)) == bidir
+        assert torch.allclose(h0[0, :first], h1[0, :first])  # nothing before them sees them
+        assert torch.allclose(whole[0, :-1], h0[0], atol=1e-5) and torch.allclose(whole[0, -1], step[0, -1], atol=1e-5)
+
+
+def test_bidirectional_object_tokens_batch_as_one_at_a_time(tiny_tokenizer, scene):
+    from perception.model import PerceptionModel
+    from perception.pipeline import Pipeline
+
+    cfg = get_preset("tiny-objects")
+    cfg.objects = dataclasses.replace(cfg.objects, enabled=True, bidirectional=True)
+    torch.manual_seed(0)
+    pipe = Pipeline(PerceptionModel(cfg, tiny_tokenizer).eval())
+    msgs = ["Find the red circle.", "Find all the objects with the same color as the largest object on the left."]
+    one = [pipe.chat(scene.image, m, max_new_tokens=8).raw for m in msgs]
+    both = [a.raw for a in pipe.chat_batch([scene.image] * 2, msgs, max_new_tokens=8)]
+    assert both == one
+
+
+def test_bidirectional_object_tokens_need_a_backbone_that_takes_a_4d_mask(tiny_tokenizer):
+    from perception.model import PerceptionModel
+
+    cfg = get_preset("tiny-qwen2vl")
+    cfg.objects = dataclasses.replace(cfg.objects, enabled=True, bidirectional=True)
+    with pytest.raises(ValueError, match="objects.bidirectional"):
+        PerceptionModel(cfg, tiny_tokenizer)
+
+
+def test_tiny_llava_with_bidirectional_object_tokens_trains_and_chats(tiny_tokenizer, scene):
+    from perception.data.collate import Collator
+    from perception.data.shapesref import make_sample
+    from perception.model import PerceptionModel
+    from perception.pipeline import Pipeline
+
+    cfg = get_preset("tiny-llava")
+    cfg.objects = dataclasses.replace(cfg.objects, enabled=True, bidirectional=True)
+    torch.manual_seed(0)
+    model = PerceptionModel(cfg, tiny_tokenizer)
+    batch = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens, seed=0)([make_sample(s, n_requests=2) for s in range(2)])
+    assert model.lm_attention(batch["input_ids"], batch["attention_mask"]).shape[1:] == (1, *batch["input_ids"].shape[1:] * 2)
+    out = model.train()(batch)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    pipe = Pipeline(model.eval())
+    msgs = ["Find the red circle.", "How many circles are there?"]
+    assert [a.raw for a in pipe.chat_batch([scene.image] * 2, msgs, max_new_tokens=6)] == [pipe.chat(scene.image, m, max_new_tokens=6).raw for m in msgs]

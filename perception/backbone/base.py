@@ -34,6 +34,7 @@ class Backbone(nn.Module):
     num_image_tokens: int
     lm_prefix: str  # module-name prefix (relative to the backbone) of the language model, for LoRA
     supports_padded_batch = False  # forward_embeds honours position_ids as given (perception.generation.generate_batch)
+    supports_attention_blocks = False  # forward_embeds takes a (B, 1, T, T) bool attention mask as given (objects.bidirectional)
 
     def __init__(self, cfg):
         super().__init__()

@@ -16,6 +16,7 @@ from perception.backbone.hf import HFBackbone
 
 class LlavaBackbone(HFBackbone):
     supports_padded_batch = True  # LlavaForConditionalGeneration passes position_ids to its Llama
+    supports_attention_blocks = True  # its Llama takes a 4-D attention mask as given
     hf_classes = ("LlavaForConditionalGeneration", "LlavaConfig")
     config_key = "llava_config"
 

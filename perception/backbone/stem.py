@@ -56,6 +56,7 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
 class StemLlamaBackbone(Backbone):
     lm_prefix = "llm"
     supports_padded_batch = True
+    supports_attention_blocks = True  # its Llama takes a 4-D attention mask as given
 
     def __init__(self, cfg, vocab_size: int):
         super().__init__(cfg)
