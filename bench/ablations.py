@@ -3,9 +3,10 @@ oracle proposals, pointer on/off.
 
     python bench/ablations.py                      # train what is missing, evaluate, write bench/results/ablations.{json,png}
     python bench/ablations.py --steps 300 --scenes 100 --v2-scenes 100
+    python bench/ablations.py --variants objects bidirectional --seed 12000000 --out bench/results/bidirectional
 
 Training variants (each ``configs/tiny_shapesref_v2.yaml``: the same warm start, frozen stem, 5x5
-grid tokens, learning-rate schedule -- the recipe's 2,500-step one -- seed and data stream; each run
+grid tokens, learning-rate schedule -- the recipe's own, over its full length -- seed and data stream; each run
 is stopped once its ``checkpoint-STEPS`` is written, so all are compared at equal steps):
 
 - ``objects``: the recipe itself (object tokens after every question, the pointer picks). Its run
@@ -15,6 +16,8 @@ is stopped once its ``checkpoint-STEPS`` is written, so all are compared at equa
   tokens before the question. The LM must pick the object from the grid tokens.
 - ``grid_after``: the same with ``image_position: after_question``: the grid tokens follow the
   first question and can attend to it.
+- ``bidirectional``: the recipe with ``objects.bidirectional``: a turn's object tokens attend to
+  one another both ways (the LM causal elsewhere).
 
 Evaluation-only variants of the ``objects`` checkpoint (no training):
 
@@ -24,7 +27,9 @@ Evaluation-only variants of the ``objects`` checkpoint (no training):
   head (the paper's path) while the object tokens stay in the prompt.
 
 Each variant is evaluated with ``python -m perception evaluate`` on the same held-out scenes
-(seeds from 10,000,000; ``--scenes`` v1 and ``--v2-scenes`` v2). The PNG has the training curves
+(seeds from ``--seed``, 10,000,000 by default; ``--scenes`` v1 and ``--v2-scenes`` v2; a comparison
+that decides a recipe uses validation seeds, 12,000,000, not the evaluation's). ``--variants``
+runs some of them (default: all but ``bidirectional``, the original set). The PNG has the training curves
 (language-model cross-entropy and, for ``objects``, the pointer loss, per step, from each run's
 metrics.jsonl) and the headline metrics per variant. A run folder that already holds
 ``checkpoint-STEPS`` (or runs/keep/checkpoint-STEPS for the recipe) is reused, not retrained.
@@ -45,7 +50,10 @@ CONFIG = "configs/tiny_shapesref_v2.yaml"
 GRID = {  # variant -> --set overrides of the recipe (object tokens off: preset tiny with the recipe's 5x5 grid)
     "grid_before": ["model=tiny", "model_overrides={backbone: {stem: {token_grid: 5}}, image_position: before_question}"],
     "grid_after": ["model=tiny", "model_overrides={backbone: {stem: {token_grid: 5}}, image_position: after_question}"],
+    "bidirectional": ["model_overrides.objects.bidirectional=true"],
 }
+VARIANTS = ["objects", "grid_before", "grid_after", "oracle", "pointer_off", "bidirectional"]
+DEFAULT_VARIANTS = VARIANTS[:5]
 METRICS = [  # (label, path in the report)
     ("Acc@0.5", ("grounding", "overall", "acc@0.5")),
     ("A", ("grounding", "A", "acc@0.5")),
@@ -92,7 +100,7 @@ def train_until(name: str, overrides: list, out: Path, steps: int, threads: int)
 def evaluate(name: str, model: Path, out: Path, args, extra: list) -> dict:
     report = out / f"{name}.json"
     if not report.is_file():
-        cmd = [sys.executable, "-m", "perception", "evaluate", "--model", str(model), "--seed", "10000000",
+        cmd = [sys.executable, "-m", "perception", "evaluate", "--model", str(model), "--seed", str(args.seed),
                "--count", str(args.scenes), "--v2-count", str(args.v2_scenes), "--out", str(report), *extra]
         print(f"{name}: {' '.join(cmd)}", flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
@@ -154,6 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="runs", help="where the ablation runs train (runs/abl-NAME)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     ap.add_argument("--out", default="bench/results", help="writes ablations.json / ablations.png here")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=DEFAULT_VARIANTS)
+    ap.add_argument("--seed", type=int, default=10_000_000, help="first held-out scene seed of the evaluations")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = ROOT / args.out
@@ -162,14 +172,16 @@ def main(argv=None) -> int:
 
     objects_run = ROOT / args.objects_run
     objects_ck = checkpoint(ROOT / args.runs / "keep", args.steps)
-    if not (objects_ck / "config.json").is_file():
+    if {"objects", "oracle", "pointer_off"} & set(args.variants) and not (objects_ck / "config.json").is_file():
         objects_ck = train_until("objects", [f"output_dir={objects_run}"], objects_run, args.steps, args.threads)
     variants = {"objects": (objects_ck, objects_run, [])}
     for name, overrides in GRID.items():
-        run = ROOT / args.runs / f"abl-{name.replace('_', '-')}"
-        variants[name] = (train_until(name, overrides, run, args.steps, args.threads), run, [])
+        if name in args.variants:
+            run = ROOT / args.runs / f"abl-{name.replace('_', '-')}"
+            variants[name] = (train_until(name, overrides, run, args.steps, args.threads), run, [])
     variants["oracle"] = (objects_ck, None, ["--proposals", "oracle"])
     variants["pointer_off"] = (objects_ck, None, ["--selection", "mask"])
+    variants = {k: v for k, v in variants.items() if k in args.variants}
 
     results = {}
     for name, (ck, run, extra) in variants.items():
@@ -178,7 +190,7 @@ def main(argv=None) -> int:
                          "metrics": {m: value(rep, p) for m, p in METRICS},
                          "proposals": rep.get("proposals"),
                          "curves": curves(run, args.steps) if run is not None else {}}
-    summary = {"steps": args.steps, "scenes": args.scenes, "v2_scenes": args.v2_scenes, "config": CONFIG,
+    summary = {"steps": args.steps, "scenes": args.scenes, "v2_scenes": args.v2_scenes, "seed": args.seed, "config": CONFIG,
                "variants": results}
     (out / "ablations.json").write_text(json.dumps(summary, indent=1))
     plot(results, args.steps, out / "ablations.png")
