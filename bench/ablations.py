@@ -3,7 +3,7 @@ oracle proposals, pointer on/off.
 
     python bench/ablations.py                      # train what is missing, evaluate, write bench/results/ablations.{json,png}
     python bench/ablations.py --steps 300 --scenes 100 --v2-scenes 100
-    python bench/ablations.py --variants objects bidirectional --seed 12000000 --out bench/results/bidirectional
+    python bench/ablations.py --variants objects bidirectional relation_scores --steps 500 --seed 12000000 --out bench/results/stop22
 
 Training variants (each ``configs/tiny_shapesref_v2.yaml``: the same warm start, frozen stem, 5x5
 grid tokens, learning-rate schedule -- the recipe's own, over its full length -- seed and data stream; each run
@@ -18,6 +18,9 @@ is stopped once its ``checkpoint-STEPS`` is written, so all are compared at equa
   first question and can attend to it.
 - ``bidirectional``: the recipe with ``objects.bidirectional``: a turn's object tokens attend to
   one another both ways (the LM causal elsewhere).
+- ``relation_scores``: the recipe with ``objects.region_relation`` and ``objects.relation_scores``:
+  the region relation's features enter the object tokens and, weighed by the deciding state, the
+  match scores and the pointer.
 
 Evaluation-only variants of the ``objects`` checkpoint (no training):
 
@@ -29,7 +32,7 @@ Evaluation-only variants of the ``objects`` checkpoint (no training):
 Each variant is evaluated with ``python -m perception evaluate`` on the same held-out scenes
 (seeds from ``--seed``, 10,000,000 by default; ``--scenes`` v1 and ``--v2-scenes`` v2; a comparison
 that decides a recipe uses validation seeds, 12,000,000, not the evaluation's). ``--variants``
-runs some of them (default: all but ``bidirectional``, the original set). The PNG has the training curves
+runs some of them (default: the original five, without ``bidirectional`` and ``relation_scores``). The PNG has the training curves
 (language-model cross-entropy and, for ``objects``, the pointer loss, per step, from each run's
 metrics.jsonl) and the headline metrics per variant. A run folder that already holds
 ``checkpoint-STEPS`` (or runs/keep/checkpoint-STEPS for the recipe) is reused, not retrained.
@@ -51,8 +54,9 @@ GRID = {  # variant -> --set overrides of the recipe (object tokens off: preset 
     "grid_before": ["model=tiny", "model_overrides={backbone: {stem: {token_grid: 5}}, image_position: before_question}"],
     "grid_after": ["model=tiny", "model_overrides={backbone: {stem: {token_grid: 5}}, image_position: after_question}"],
     "bidirectional": ["model_overrides.objects.bidirectional=true"],
+    "relation_scores": ["model_overrides.objects.region_relation=true", "model_overrides.objects.relation_scores=true"],
 }
-VARIANTS = ["objects", "grid_before", "grid_after", "oracle", "pointer_off", "bidirectional"]
+VARIANTS = ["objects", "grid_before", "grid_after", "oracle", "pointer_off", "bidirectional", "relation_scores"]
 DEFAULT_VARIANTS = VARIANTS[:5]
 METRICS = [  # (label, path in the report)
     ("Acc@0.5", ("grounding", "overall", "acc@0.5")),

@@ -142,6 +142,7 @@ class ObjectTokensConfig:
     start_gate: float = 0.0  # inference: the answer must start by grounding (<p> or <loc>) when a proposal has a match probability at least this and the LM gives grounding first at least list_doubt (0: off)
     bidirectional: bool = False  # a turn's object tokens attend to one another both ways (the LM stays causal elsewhere): the first token can compare itself with the last ("the largest", "the leftmost")
     region_relation: bool = False  # each object token also gets a learned projection of how it relates to its turn's regions: same attribute words (the region read-out), same object (ObjectTokens.region_relations)
+    relation_scores: bool = False  # the match scores and the pointer also read the region relation's features directly: the deciding state (the turn's decision state, a <loc>'s state) weighs them through a zero-initialised Linear (needs region_relation)
     own_proposals: float = 0.0  # training: probability that an image's object tokens come from the model's own proposals (matched ground truth keeps its slot; see ObjectTokens.from_batch)
 
 

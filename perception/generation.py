@@ -108,7 +108,7 @@ def generate(model, state, input_ids: torch.Tensor, region_embeds, max_new_token
     row = _Row(model, input_ids[0].tolist(), decoder or _default_decoder(model, state), max_new_tokens, max_objects, forced)
     emb = model.embed(input_ids, state, region_embeds, loc_feedback)
     logits, hidden, past = model.backbone.forward_embeds(emb, model.lm_attention(input_ids), use_cache=True)
-    row.decoder.see_prompt(input_ids[0], hidden[0])  # object-token decoders point at the prompt's <obj> states
+    row.decoder.see_prompt(input_ids[0], hidden[0], region_embeds)  # object-token decoders point at the prompt's <obj> states
     while not row.done:
         nxt = row.choose(logits[0, -1])
         fb = row.write(nxt, hidden[0, -1:])
@@ -156,7 +156,7 @@ def generate_batch(model, states: list, input_ids: list, region_embeds: list, de
     ids = torch.cat([torch.nn.functional.pad(i, (L - i.shape[1], 0), value=-1) for i in input_ids])  # (B, L), -1 on padding
     logits, hidden, past = model.backbone.forward_embeds(emb, model.lm_attention(ids, mask), use_cache=True, position_ids=pos)
     for b, e in enumerate(embs):
-        rows[b].decoder.see_prompt(input_ids[b][0], hidden[b, L - e.shape[1]:])
+        rows[b].decoder.see_prompt(input_ids[b][0], hidden[b, L - e.shape[1]:], region_embeds[b])
     live = list(range(B))  # batch row i of the cache holds answer live[i]
     pos = pos[:, -1:]
     while live:

@@ -190,6 +190,17 @@ class PerceptionModel(nn.Module):
             return attention_mask
         return object_attention_mask(input_ids, self.prompts.object_id, oc.max_objects, attention_mask)
 
+    def object_relations(self, input_ids, objects, region_embeds=None):
+        """(B, T, F) the region relation's features at every ``<obj>`` position (objects: the
+        ObjectSet of the B images, ImageState.objects), for the match scores
+        and the pointer to read (``objects.relation_scores``; ObjectTokens.turn_relations), or None
+        for a model without that option."""
+        ot = getattr(self, "object_tokens", None)
+        if ot is None or ot.relation_weights is None:
+            return None
+        return ot.turn_relations(input_ids, self.prompts.object_id, self.prompts.region_id, region_embeds, objects,
+                                 getattr(self, "region_aux", None))
+
     def feedback_embeds(self, state: ImageState, masks, bidx):
         """(K, h, w) object masks in [0, 1] (model frame) of images ``bidx`` -> (K, D) embeddings
         added to their <loc> tokens' inputs (``config.loc_feedback``): the region encoder reads
@@ -238,7 +249,8 @@ class PerceptionModel(nn.Module):
             ct = L.mask_to_size(clicks["masks"].to(clog.dtype), clog.shape[-2:])
             out["click"] = L.sigmoid_bce(clog, ct) + L.dice(clog, ct)
         aux_in = AuxInputs(hidden, batch["input_ids"], self.prompts.image_id, region_embeds, fed, fb,
-                           state, self.loc_id, self.prompts.object_id, batch["labels"])
+                           state, self.loc_id, self.prompts.object_id, batch["labels"],
+                           self.object_relations(batch["input_ids"], state.objects, region_embeds))
         for name in self.aux_names:
             value = getattr(self, name).loss(aux_in, batch)
             if isinstance(value, dict):

@@ -242,6 +242,15 @@ class ObjectTokens(nn.Module):
             self.relation = nn.Linear(len(cfg.token_aux.attributes) + 2, dim)
             nn.init.zeros_(self.relation.weight)
             nn.init.zeros_(self.relation.bias)
+        # the same features read by the scores themselves (objects.relation_scores; relation_bonus)
+        self.relation_weights = None
+        if oc.relation_scores:
+            if not oc.region_relation:
+                raise ValueError("objects.relation_scores reads the region relation's features: set objects.region_relation as well")
+            self.relation_weights = nn.ModuleDict({k: nn.Linear(dim, len(cfg.token_aux.attributes) + 2) for k in ("match", "pointer")})
+            for lin in self.relation_weights.values():
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
     enabled = staticmethod(objects_on)
 
@@ -308,13 +317,24 @@ class ObjectTokens(nn.Module):
         return self.from_masks(region_encoder, feats, grid.to(device), valid.to(device))
 
     # --- the pointer --------------------------------------------------------------------------
-    def scores(self, loc_states: torch.Tensor, object_states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def scores(self, loc_states: torch.Tensor, object_states: torch.Tensor, valid: torch.Tensor, relations=None) -> torch.Tensor:
         """loc_states (L, D), object_states (L, K, D), valid (L, K) bool -> (L, K) pointer logits
-        (-1e4 where a slot is not valid)."""
+        (-1e4 where a slot is not valid). relations (L, K, G + 2): the turns' relation features
+        (``turn_relations``), read with ``objects.relation_scores``; None otherwise."""
         q = self.query(loc_states.float())
         k = self.key(object_states.float())
         s = torch.einsum("lp,lkp->lk", q, k) / math.sqrt(q.shape[-1])
+        if relations is not None and self.relation_weights is not None:
+            s = s + self.relation_bonus("pointer", loc_states, relations)
         return s.masked_fill(~valid, -1e4)
+
+    def match_scores(self, decision: torch.Tensor, object_states: torch.Tensor, relations=None) -> torch.Tensor:
+        """decision (N, D) the turns' decision states, object_states (N, K, D), relations (N, K, G + 2)
+        or None -> (N, K) match logits (``MatchScore``, plus ``relation_bonus`` with ``objects.relation_scores``)."""
+        logits = self.match(decision, object_states)
+        if relations is not None and self.relation_weights is not None:
+            logits = logits + self.relation_bonus("match", decision, relations)
+        return logits
 
     # --- the turn's regions -------------------------------------------------------------------
     def region_relations(self, input_ids, object_id: int, region_id: int, region_embeds, objects: ObjectSet, readout=None):
@@ -335,6 +355,24 @@ class ObjectTokens(nn.Module):
             return objects.embeds.new_zeros(int(is_obj.sum()), objects.embeds.shape[-1])
         feats = self._relation_features(input_ids, is_obj, region_id, region_embeds, objects, readout)  # no gradient
         return (self.relation(feats) * (feats[:, -1:] > 0)).to(objects.embeds.dtype)
+
+    def turn_relations(self, input_ids, object_id: int, region_id: int, region_embeds, objects: ObjectSet, readout=None):
+        """(B, T, G + 2): at each ``<obj>`` position the features ``region_relations`` projects
+        (zeros elsewhere and in turns without a region), for the scores to read
+        (``objects.relation_scores``: ``relation_bonus``); None for a model without that option."""
+        if self.relation_weights is None:
+            return None
+        is_obj = input_ids == object_id
+        out = torch.zeros(*input_ids.shape, len(self.cfg.token_aux.attributes) + 2, device=input_ids.device)
+        if region_embeds is not None and len(region_embeds) and objects.codes is not None:
+            out[is_obj] = self._relation_features(input_ids, is_obj, region_id, region_embeds, objects, readout)
+        return out
+
+    def relation_bonus(self, which: str, states: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """``which`` ("match" | "pointer") scores' share of the relation features: states (N, D) the
+        deciding states, feats (N, K, G + 2) their turns' object tokens' features -> (N, K) logits,
+        a learned (zero at the start) weighing of the features by what the state asks."""
+        return torch.einsum("nf,nkf->nk", self.relation_weights[which](states.float()), feats.float())
 
     @torch.no_grad()
     def _relation_features(self, input_ids, is_obj, region_id, region_embeds, objects: ObjectSet, readout):
@@ -434,7 +472,8 @@ class ObjectTokens(nn.Module):
         keep = target != IGNORE
         if bool(keep.any()):
             obj = turn_object_states(x.hidden, x.input_ids, x.object_id, self.k, bidx[keep], pos[keep])
-            logits = self.scores(states[keep], obj, x.state.objects.valid[bidx[keep]])
+            rel = None if x.relations is None else turn_object_states(x.relations, x.input_ids, x.object_id, self.k, bidx[keep], pos[keep])
+            logits = self.scores(states[keep], obj, x.state.objects.valid[bidx[keep]], rel)
             out["pointer"] = F.cross_entropy(logits, target[keep])
         heat = self.proposal_head(x.state.mask.pixels)  # (B, h, w)
         gt = batch["object_masks"] * batch["object_is_gt"][..., None, None]
@@ -445,22 +484,23 @@ class ObjectTokens(nn.Module):
             out["match"] = self.match_loss(x, batch)
         return out
 
-    def match_logits(self, hidden, input_ids, labels, object_id: int, valid):
+    def match_logits(self, hidden, input_ids, labels, object_id: int, valid, relations=None):
         """Every turn's match scores: hidden (B, T, D) last-layer states, input_ids / labels (B, T),
-        valid (B, K) the images' proposal slots -> (logits (turns, K), valid (turns, K)), the batch's
-        turns in order. Each turn has K ``<obj>`` ids; its decision state is the last position
-        before its answer (``decision_positions``)."""
+        valid (B, K) the images' proposal slots, relations (B, T, G + 2) or None (``turn_relations``)
+        -> (logits (turns, K), valid (turns, K)), the batch's turns in order. Each turn has K
+        ``<obj>`` ids; its decision state is the last position before its answer (``decision_positions``)."""
         is_obj = input_ids == object_id
         states = hidden[is_obj].view(-1, self.k, hidden.shape[-1])  # (turns, K, D), row-major
         turn_row = is_obj.sum(1) // self.k  # turns per row
         rows = torch.arange(len(turn_row), device=states.device).repeat_interleave(turn_row)
-        logits = self.match(hidden[rows, decision_positions(is_obj, labels, self.k)], states)
+        rel = None if relations is None else relations[is_obj].view(-1, self.k, relations.shape[-1])
+        logits = self.match_scores(hidden[rows, decision_positions(is_obj, labels, self.k)], states, rel)
         return logits, valid.repeat_interleave(turn_row, 0)
 
     def match_loss(self, x, batch: dict):
         """Mean BCE of the match scores (``match_logits``) over the object tokens of every turn that
         asks for objects (``turn_match`` >= 0) and holds a proposal."""
-        logits, valid = self.match_logits(x.hidden, x.input_ids, x.labels, x.object_id, x.state.objects.valid)
+        logits, valid = self.match_logits(x.hidden, x.input_ids, x.labels, x.object_id, x.state.objects.valid, x.relations)
         target = batch["turn_match"].to(logits.device)
         if target.shape[0] != logits.shape[0]:
             raise ValueError(f"{target.shape[0]} turns have match targets but the prompts hold {logits.shape[0]} turns of object tokens")

@@ -686,6 +686,18 @@ def test_object_tokens_read_their_relation_to_the_turns_region(tiny_tokenizer, t
     at = is_obj[0].nonzero().flatten()
     changed = (related[0, at] - plain[0, at]).abs().amax(-1) > 1e-6
     assert changed.tolist() == [True] * n + [False] * (K - n) + [False] * K
+    import importlib.util
+    from pathlib import Path
+
+    from perception.pipeline import Pipeline
+
+    spec = importlib.util.spec_from_file_location("presence_probe", Path(__file__).resolve().parent.parent / "bench" / "presence_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    sep = probe.relation_separation(Pipeline(model), 12_000_000, 2)  # bench/presence_probe.py's report for such models
+    assert set(sep) == {"color", "shape"}
+    assert all(r["targets"] + r["others"] >= 0 and (r["self_cos"] != r["self_cos"] or -1 <= r["self_cos"] <= 1) for r in sep.values())
+    assert probe._pairwise_auc([0.9, 0.8], [0.1, 0.8]) == 0.875 and probe._pairwise_auc([], [1.0]) != probe._pairwise_auc([], [1.0])
     from perception.checkpoint import from_pretrained, save_pretrained
 
     torch.nn.init.normal_(ot.relation.weight)
@@ -788,3 +800,62 @@ def test_tiny_llava_with_bidirectional_object_tokens_trains_and_chats(tiny_token
     pipe = Pipeline(model.eval())
     msgs = ["Find the red circle.", "How many circles are there?"]
     assert [a.raw for a in pipe.chat_batch([scene.image] * 2, msgs, max_new_tokens=6)] == [pipe.chat(scene.image, m, max_new_tokens=6).raw for m in msgs]
+
+
+def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_pointer(tiny_tokenizer, scene, tmp_path):
+    """objects.relation_scores: zero at the start (the scores are the plain ones), trained by the
+    match and pointer losses on same-as-a-region samples, read at inference for the turn's regions,
+    kept by save/load; and refused without objects.region_relation."""
+    from perception.checkpoint import from_pretrained, save_pretrained
+    from perception.data.collate import Collator
+    from perception.data.shapesref import make_sample
+    from perception.model import PerceptionModel
+    from perception.pipeline import Pipeline
+    from perception.types import Region
+
+    cfg = get_preset("tiny-objects")
+    cfg.objects = dataclasses.replace(cfg.objects, relation_scores=True)
+    with pytest.raises(ValueError, match="region_relation"):
+        PerceptionModel(cfg, tiny_tokenizer)
+    cfg.objects = dataclasses.replace(cfg.objects, region_relation=True)
+    torch.manual_seed(0)
+    model = PerceptionModel(cfg, tiny_tokenizer)
+    ot = model.object_tokens
+    col = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens, seed=0)
+    batch = col([make_sample(s, tasks=["same_as_region"], n_requests=1) for s in range(4)])
+    out = model.train()(batch)
+    out["loss"].backward()
+    grads = {k: float(lin.weight.grad.abs().sum()) for k, lin in ot.relation_weights.items()}
+    assert grads["match"] > 0  # the match loss reaches it (every same-as-a-region turn names a region)
+    assert "pointer" not in out or grads["pointer"] > 0 or not bool((batch["loc_slots"] >= 0).any())
+    model.eval()
+    image = scene.image
+    ys, xs = np.nonzero(scene.masks[0])
+    region = Region(point=(int(xs[len(xs) // 2]), int(ys[len(ys) // 2])))
+    seen = {}
+    from perception.decoding import PointerDecoder
+
+    real = PointerDecoder.see_prompt
+
+    def spy(self, input_ids, hidden, region_embeds=None):
+        real(self, input_ids, hidden, region_embeds)
+        seen["relations"], seen["match"] = self._relations, self._match
+
+    PointerDecoder.see_prompt = spy
+    try:
+        pipe = Pipeline(model)
+        pipe.use_objects(image, list(scene.masks[:3]))
+        pipe.chat(image, "Find all the objects with the same color as <region1>.", regions=[region], max_new_tokens=4)
+        zero_match = seen["match"].clone()
+        K, F = ot.k, len(cfg.token_aux.attributes) + 2
+        assert seen["relations"].shape == (K, F) and bool((seen["relations"][:3, -1] == 1).all())  # three objects, one region
+        torch.nn.init.normal_(ot.relation_weights["match"].weight)
+        pipe.chat(image, "Find all the objects with the same color as <region1>.", regions=[region], max_new_tokens=4)
+        assert not torch.allclose(seen["match"][:3], zero_match[:3])  # the features now move the scores
+        pipe.chat(image, "Find the red circle.", max_new_tokens=4)
+        assert not bool(seen["relations"].any())  # no region in the turn: nothing to read
+    finally:
+        PointerDecoder.see_prompt = real
+    back = from_pretrained(save_pretrained(model, tmp_path / "m"))
+    assert back.config.objects.relation_scores
+    assert torch.equal(back.object_tokens.relation_weights["match"].weight, ot.relation_weights["match"].weight)
