@@ -3,7 +3,7 @@ oracle proposals, pointer on/off.
 
     python bench/ablations.py                      # train what is missing, evaluate, write bench/results/ablations.{json,png}
     python bench/ablations.py --steps 300 --scenes 100 --v2-scenes 100
-    python bench/ablations.py --variants objects bidirectional relation_scores --steps 500 --seed 12000000 --out bench/results/stop22
+    python bench/ablations.py --variants objects bidirectional relation_scores --steps 400 --seed 12000000 --scenes 100 --v2-scenes 100 --out bench/results/stop22
 
 Training variants (each ``configs/tiny_shapesref_v2.yaml``: the same warm start, frozen stem, 5x5
 grid tokens, learning-rate schedule -- the recipe's own, over its full length -- seed and data stream; each run
