@@ -135,8 +135,9 @@ class PointerDecoder(ObjectDecoder):
         T, row = torch.tensor([input_ids.shape[0]]), torch.zeros(1, dtype=torch.long)
         oid = self.model.prompts.object_id
         self._object_states = turn_object_states(hidden[None], input_ids[None], oid, self._pointer.k, row, T)[0]
-        rel = self.model.object_relations(input_ids[None], self.state.objects.select(self._bidx.view(1)), region_embeds)
-        self._relations = None if rel is None else turn_object_states(rel, input_ids[None], oid, self._pointer.k, row, T)[0]
+        if self._pointer.relation_weights is not None:  # objects.relation_scores
+            rel = self.model.object_relations(input_ids[None], self.state.objects.select(self._bidx.view(1)), region_embeds)
+            self._relations = turn_object_states(rel, input_ids[None], oid, self._pointer.k, row, T)[0]
         gate = self.model.config.objects.match_gate
         if self._pointer.match is not None:
             rel = None if self._relations is None else self._relations[None]
