@@ -100,8 +100,8 @@ class TextBoxDecoder:
         self.frame = frame
         self.max_objects = max_objects
 
-    def see_prompt(self, input_ids, hidden) -> None:
-        """Nothing to read from the prompt."""
+    def see_prompt(self, input_ids, hidden, region_embeds=None) -> None:
+        """Nothing to read from the prompt (the decoder interface: perception.decoding.ObjectDecoder.see_prompt)."""
 
     def __call__(self, loc_state):
         return None
