@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--config", help="a training config (YAML): measure its model, frozen parts, mix and batch instead of --presets")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of --config's values (as train --set)")
     args = ap.parse_args()
+    if args.set and not args.config:
+        raise SystemExit("--set needs --config")
     if args.steps < 2:
         raise SystemExit("--steps must be at least 2 (the first is a warm-up)")
     torch.set_num_threads(args.threads)
@@ -63,8 +65,6 @@ def main() -> None:
         m = PerceptionModel(get_preset(name), tok).train()
         col = Collator(m.config, m.tokenizer, m.backbone.num_image_tokens, seed=0)
         runs[name] = (m, col, torch.optim.AdamW(m.parameters(), lr=1e-4), [])
-    if args.set and not args.config:
-        raise SystemExit("--set needs --config")
     turns = random.Random(0)  # two-request conversations at the mix's rate, as the training stream draws them
     for step in range(args.steps):
         samples = [make_sample(1000 * step + i, tasks=data.tasks, weights=data.weights,
