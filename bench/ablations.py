@@ -21,6 +21,10 @@ is stopped once its ``checkpoint-STEPS`` is written, so all are compared at equa
 - ``relation_scores``: the recipe with ``objects.region_relation`` and ``objects.relation_scores``:
   the region relation's features enter the object tokens and, weighed by the deciding state, the
   match scores and the pointer.
+- ``position_scores``: the recipe with ``objects.position_scores``: each object's place among its
+  image's (centre, rank along x and y), weighed by the deciding state, enters the match scores and
+  the pointer ("the leftmost ...").
+- ``relation_position_scores``: both of the last two.
 
 Evaluation-only variants of the ``objects`` checkpoint (no training):
 
@@ -32,7 +36,7 @@ Evaluation-only variants of the ``objects`` checkpoint (no training):
 Each variant is evaluated with ``python -m perception evaluate`` on the same held-out scenes
 (seeds from ``--seed``, 10,000,000 by default; ``--scenes`` v1 and ``--v2-scenes`` v2; a comparison
 that decides a recipe uses validation seeds, 12,000,000, not the evaluation's). ``--variants``
-runs some of them (default: the original five, without ``bidirectional`` and ``relation_scores``). The PNG has the training curves
+runs some of them (default: the original five, without the later ones from ``bidirectional`` on). The PNG has the training curves
 (language-model cross-entropy and, for ``objects``, the pointer loss, per step, from each run's
 metrics.jsonl) and the headline metrics per variant. A run folder that already holds
 ``checkpoint-STEPS`` (or runs/keep/checkpoint-STEPS for the recipe) is reused, not retrained.
@@ -55,8 +59,11 @@ GRID = {  # variant -> --set overrides of the recipe (object tokens off: preset 
     "grid_after": ["model=tiny", "model_overrides={backbone: {stem: {token_grid: 5}}, image_position: after_question}"],
     "bidirectional": ["model_overrides.objects.bidirectional=true"],
     "relation_scores": ["model_overrides.objects.region_relation=true", "model_overrides.objects.relation_scores=true"],
+    "position_scores": ["model_overrides.objects.position_scores=true"],
+    "relation_position_scores": ["model_overrides.objects.region_relation=true", "model_overrides.objects.relation_scores=true",
+                                 "model_overrides.objects.position_scores=true"],
 }
-VARIANTS = ["objects", "grid_before", "grid_after", "oracle", "pointer_off", "bidirectional", "relation_scores"]
+VARIANTS = ["objects", "grid_before", "grid_after", "oracle", "pointer_off", "bidirectional", "relation_scores", "position_scores", "relation_position_scores"]
 DEFAULT_VARIANTS = VARIANTS[:5]
 METRICS = [  # (label, path in the report)
     ("Acc@0.5", ("grounding", "overall", "acc@0.5")),

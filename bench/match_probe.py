@@ -36,10 +36,11 @@ def probe(model, seed: int, count: int) -> dict:
         batch = col([make_sample(seed + i, tasks=[task]) for i in range(count)])
         state = model.encode_images(batch["pixel_values"], propose=False)
         state.objects = ot.from_masks(model.region_encoder, state.mask, batch["object_masks"], batch["object_valid"])
-        emb = model.embed(batch["input_ids"], state, model.encode_regions(state, batch.get("regions")))
+        regions = model.encode_regions(state, batch.get("regions"))
+        emb = model.embed(batch["input_ids"], state, regions)
         _, hidden, _ = model.backbone.forward_embeds(emb, model.lm_attention(batch["input_ids"], batch.get("attention_mask")))
         logits, valid = ot.match_logits(hidden, batch["input_ids"], batch["labels"], model.prompts.object_id,
-                                        state.objects.valid)
+                                        state.objects.valid, model.object_score_features(batch["input_ids"], state.objects, regions))
         prob = logits.sigmoid()
         exact, slot, n = 0, 0.0, 0
         for r, t in enumerate(batch["turn_match"]):

@@ -124,24 +124,24 @@ class PointerDecoder(ObjectDecoder):
         self._chosen = torch.zeros(model.config.objects.max_objects, dtype=torch.bool, device=self._bidx.device)
         self._nothing_asked = False  # match_gate: the match scores ask for no proposal (see_prompt)
         self._match = None  # (K,) the turn's match probabilities (see_prompt; None without match scores)
-        self._relations = None  # (K, F) the turn's object tokens' relation features (see_prompt; objects.relation_scores)
+        self._features = None  # (K, F) the turn's object tokens' score features (see_prompt; ObjectTokens.score_features)
         p = model.prompts
         ends = [model.tokenizer.convert_tokens_to_ids(t) for t in (":", ".")]
         self._list_ends = [p.eos_id] + [t for t in ends if t is not None and t != model.tokenizer.unk_token_id]
 
     def see_prompt(self, input_ids: torch.Tensor, hidden: torch.Tensor, region_embeds=None) -> None:
-        """Keep the states of the last turn's ``<obj>`` tokens for the pointer (and, with
-        ``objects.relation_scores``, their relation features to the prompt's regions)."""
+        """Keep the states of the last turn's ``<obj>`` tokens for the pointer (and, for a model whose
+        scores read features, those: ``ObjectTokens.score_features``)."""
         T, row = torch.tensor([input_ids.shape[0]]), torch.zeros(1, dtype=torch.long)
         oid = self.model.prompts.object_id
         self._object_states = turn_object_states(hidden[None], input_ids[None], oid, self._pointer.k, row, T)[0]
-        if self._pointer.relation_weights is not None:  # objects.relation_scores
-            rel = self.model.object_relations(input_ids[None], self.state.objects.select(self._bidx.view(1)), region_embeds)
-            self._relations = turn_object_states(rel, input_ids[None], oid, self._pointer.k, row, T)[0]
+        if self._pointer.score_weights is not None:  # objects.relation_scores / position_scores
+            feats = self.model.object_score_features(input_ids[None], self.state.objects.select(self._bidx.view(1)), region_embeds)
+            self._features = turn_object_states(feats, input_ids[None], oid, self._pointer.k, row, T)[0]
         gate = self.model.config.objects.match_gate
         if self._pointer.match is not None:
-            rel = None if self._relations is None else self._relations[None]
-            self._match = self._pointer.match_scores(hidden[-1:], self._object_states[None], rel)[0].sigmoid().to(self._chosen.device)
+            feats = None if self._features is None else self._features[None]
+            self._match = self._pointer.match_scores(hidden[-1:], self._object_states[None], feats)[0].sigmoid().to(self._chosen.device)
         if gate > 0 and self._match is not None:  # objects the turn does not ask for are never chosen
             self._chosen |= ~(self._match >= gate)
             self._nothing_asked = not bool(self._open().any())
@@ -201,8 +201,8 @@ class PointerDecoder(ObjectDecoder):
         if not bool(valid.any()):  # every proposal is taken: nothing left to ground
             self.decoded.append(None)
             return None
-        rel = None if self._relations is None else self._relations[None]
-        scores = self._pointer.scores(loc_state, self._object_states[None], valid[None], rel)[0]
+        feats = None if self._features is None else self._features[None]
+        scores = self._pointer.scores(loc_state, self._object_states[None], valid[None], feats)[0]
         j = int(scores.argmax())
         mask = objs.pixel_mask(b, j, self.frame)
         if not self._keep(mask, box_from_mask(mask), float(scores.softmax(-1)[j])):

@@ -190,15 +190,15 @@ class PerceptionModel(nn.Module):
             return attention_mask
         return object_attention_mask(input_ids, self.prompts.object_id, oc.max_objects, attention_mask)
 
-    def object_relations(self, input_ids, objects, region_embeds=None):
-        """(B, T, F) the region relation's features at every ``<obj>`` position (objects: the
-        ObjectSet of the B images, ImageState.objects), for the match scores
-        and the pointer to read (``objects.relation_scores``; ObjectTokens.turn_relations), or None
-        for a model without that option."""
+    def object_score_features(self, input_ids, objects, region_embeds=None):
+        """(B, T, F) the features at every ``<obj>`` position that the match scores and the pointer
+        read directly (objects: the ObjectSet of the B images, ImageState.objects;
+        ObjectTokens.score_features: ``objects.relation_scores``, ``objects.position_scores``), or
+        None for a model whose scores read none."""
         ot = getattr(self, "object_tokens", None)
-        if ot is None or ot.relation_weights is None:
+        if ot is None or ot.score_weights is None:
             return None
-        return ot.turn_relations(input_ids, self.prompts.object_id, self.prompts.region_id, region_embeds, objects,
+        return ot.score_features(input_ids, self.prompts.object_id, self.prompts.region_id, region_embeds, objects,
                                  getattr(self, "region_aux", None))
 
     def feedback_embeds(self, state: ImageState, masks, bidx):
@@ -250,7 +250,7 @@ class PerceptionModel(nn.Module):
             out["click"] = L.sigmoid_bce(clog, ct) + L.dice(clog, ct)
         aux_in = AuxInputs(hidden, batch["input_ids"], self.prompts.image_id, region_embeds, fed, fb,
                            state, self.loc_id, self.prompts.object_id, batch["labels"],
-                           self.object_relations(batch["input_ids"], state.objects, region_embeds))
+                           self.object_score_features(batch["input_ids"], state.objects, region_embeds))
         for name in self.aux_names:
             value = getattr(self, name).loss(aux_in, batch)
             if isinstance(value, dict):

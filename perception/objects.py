@@ -98,6 +98,27 @@ def fourier_positions(boxes: torch.Tensor, freqs: int) -> torch.Tensor:
     return torch.cat([ang.sin(), ang.cos()], -1)
 
 
+def set_positions(boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each object's place among its image's objects, for the scores to read (``objects.position_scores``):
+    boxes (B, K, 4) normalised model-frame corners, valid (B, K) bool -> (B, K, 4) =
+    [2 cx - 1, 2 cy - 1, rank of cx, rank of cy], ranks among the image's valid objects scaled to
+    [-1, 1] (-1: the leftmost / topmost; 0 with one object; ties share a rank); zeros in empty slots.
+    Linear in the centre, so a deciding state weighs "leftmost" as one direction; the ranks keep
+    neighbours one step apart however close their centres are."""
+    c = (boxes[..., :2] + boxes[..., 2:]).float() / 2  # (B, K, 2)
+    before = (c[:, :, None] > c[:, None]) & valid[:, None, :, None]  # (B, K, K, 2): object k' lies before k
+    n = valid.sum(1).float()[:, None, None]  # (B, 1, 1)
+    rank = torch.where(n > 1, 2 * before.sum(2).float() / (n - 1).clamp(min=1) - 1, torch.zeros_like(c))
+    return torch.cat([2 * c - 1, rank], -1) * valid[..., None]
+
+
+def score_feature_count(cfg) -> int:
+    """F, the features per object token the scores read directly (``ObjectTokens.score_features``):
+    G + 2 with ``objects.relation_scores`` (G attribute groups), plus 4 with ``objects.position_scores``."""
+    oc = cfg.objects
+    return (len(cfg.token_aux.attributes) + 2 if oc.relation_scores else 0) + (4 if oc.position_scores else 0)
+
+
 def turn_object_states(hidden, input_ids, object_id: int, k: int, bidx, pos) -> torch.Tensor:
     """The object-token states of the turn each position is in: for position ``pos[i]`` of row
     ``bidx[i]``, the states (last layer) at the last ``k`` ``<obj>`` ids before it.
@@ -242,13 +263,15 @@ class ObjectTokens(nn.Module):
             self.relation = nn.Linear(len(cfg.token_aux.attributes) + 2, dim)
             nn.init.zeros_(self.relation.weight)
             nn.init.zeros_(self.relation.bias)
-        # the same features read by the scores themselves (objects.relation_scores; relation_bonus)
-        self.relation_weights = None
-        if oc.relation_scores:
-            if not oc.region_relation:
-                raise ValueError("objects.relation_scores reads the region relation's features: set objects.region_relation as well")
-            self.relation_weights = nn.ModuleDict({k: nn.Linear(dim, len(cfg.token_aux.attributes) + 2) for k in ("match", "pointer")})
-            for lin in self.relation_weights.values():
+        # features the scores read directly, weighed by the deciding state (score_features, feature_bonus):
+        # the region relation's (objects.relation_scores) and the object's place among its image's (objects.position_scores)
+        self.score_weights = None
+        if oc.relation_scores and not oc.region_relation:
+            raise ValueError("objects.relation_scores reads the region relation's features: set objects.region_relation as well")
+        width = score_feature_count(cfg)
+        if width:
+            self.score_weights = nn.ModuleDict({k: nn.Linear(dim, width) for k in ("match", "pointer")})
+            for lin in self.score_weights.values():
                 nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
 
@@ -317,23 +340,24 @@ class ObjectTokens(nn.Module):
         return self.from_masks(region_encoder, feats, grid.to(device), valid.to(device))
 
     # --- the pointer --------------------------------------------------------------------------
-    def scores(self, loc_states: torch.Tensor, object_states: torch.Tensor, valid: torch.Tensor, relations=None) -> torch.Tensor:
+    def scores(self, loc_states: torch.Tensor, object_states: torch.Tensor, valid: torch.Tensor, features=None) -> torch.Tensor:
         """loc_states (L, D), object_states (L, K, D), valid (L, K) bool -> (L, K) pointer logits
-        (-1e4 where a slot is not valid). relations (L, K, G + 2): the turns' relation features
-        (``turn_relations``), read with ``objects.relation_scores``; None otherwise."""
+        (-1e4 where a slot is not valid). features (L, K, F): the turns' object tokens' score
+        features (``score_features``), or None for a model whose scores read none."""
         q = self.query(loc_states.float())
         k = self.key(object_states.float())
         s = torch.einsum("lp,lkp->lk", q, k) / math.sqrt(q.shape[-1])
-        if relations is not None and self.relation_weights is not None:
-            s = s + self.relation_bonus("pointer", loc_states, relations)
+        if features is not None and self.score_weights is not None:
+            s = s + self.feature_bonus("pointer", loc_states, features)
         return s.masked_fill(~valid, -1e4)
 
-    def match_scores(self, decision: torch.Tensor, object_states: torch.Tensor, relations=None) -> torch.Tensor:
-        """decision (N, D) the turns' decision states, object_states (N, K, D), relations (N, K, G + 2)
-        or None -> (N, K) match logits (``MatchScore``, plus ``relation_bonus`` with ``objects.relation_scores``)."""
+    def match_scores(self, decision: torch.Tensor, object_states: torch.Tensor, features=None) -> torch.Tensor:
+        """decision (N, D) the turns' decision states, object_states (N, K, D), features (N, K, F)
+        or None -> (N, K) match logits (``MatchScore``, plus ``feature_bonus`` when the scores read
+        features: ``score_features``)."""
         logits = self.match(decision, object_states)
-        if relations is not None and self.relation_weights is not None:
-            logits = logits + self.relation_bonus("match", decision, relations)
+        if features is not None and self.score_weights is not None:
+            logits = logits + self.feature_bonus("match", decision, features)
         return logits
 
     # --- the turn's regions -------------------------------------------------------------------
@@ -356,23 +380,34 @@ class ObjectTokens(nn.Module):
         feats = self._relation_features(input_ids, is_obj, region_id, region_embeds, objects, readout)  # no gradient
         return (self.relation(feats) * (feats[:, -1:] > 0)).to(objects.embeds.dtype)
 
-    def turn_relations(self, input_ids, object_id: int, region_id: int, region_embeds, objects: ObjectSet, readout=None):
-        """(B, T, G + 2): at each ``<obj>`` position the features ``region_relations`` projects
-        (zeros elsewhere and in turns without a region), for the scores to read
-        (``objects.relation_scores``: ``relation_bonus``); None for a model without that option."""
-        if self.relation_weights is None:
+    def score_features(self, input_ids, object_id: int, region_id: int, region_embeds, objects: ObjectSet, readout=None):
+        """(B, T, F): at each ``<obj>`` position the features the match scores and the pointer read
+        directly (``feature_bonus``; zeros elsewhere and in empty slots), or None for a model whose
+        scores read none. F = ``score_feature_count``: with ``objects.relation_scores`` the G + 2
+        features ``region_relations`` projects (zeros in turns without a region), then with
+        ``objects.position_scores`` the 4 of ``set_positions`` (the object's place among its image's)."""
+        if self.score_weights is None:
             return None
+        oc, G = self.cfg.objects, len(self.cfg.token_aux.attributes)
         is_obj = input_ids == object_id
-        out = torch.zeros(*input_ids.shape, len(self.cfg.token_aux.attributes) + 2, device=input_ids.device)
-        if region_embeds is not None and len(region_embeds) and objects.codes is not None:
-            out[is_obj] = self._relation_features(input_ids, is_obj, region_id, region_embeds, objects, readout)
+        out = torch.zeros(*input_ids.shape, score_feature_count(self.cfg), device=input_ids.device)
+        col = 0
+        if oc.relation_scores:
+            if region_embeds is not None and len(region_embeds) and objects.codes is not None:
+                out[..., :G + 2][is_obj] = self._relation_features(input_ids, is_obj, region_id, region_embeds, objects, readout)
+            col = G + 2
+        if oc.position_scores:
+            place = set_positions(objects.boxes, objects.valid)  # (B, K, 4)
+            turns = is_obj.sum(1) // self.k  # turns per row; each turn's K tokens are its image's K slots in order
+            rows = torch.arange(len(turns), device=input_ids.device).repeat_interleave(turns)
+            out[..., col:col + 4][is_obj] = place[rows].flatten(0, 1).to(out.dtype)
         return out
 
-    def relation_bonus(self, which: str, states: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """``which`` ("match" | "pointer") scores' share of the relation features: states (N, D) the
-        deciding states, feats (N, K, G + 2) their turns' object tokens' features -> (N, K) logits,
-        a learned (zero at the start) weighing of the features by what the state asks."""
-        return torch.einsum("nf,nkf->nk", self.relation_weights[which](states.float()), feats.float())
+    def feature_bonus(self, which: str, states: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """``which`` ("match" | "pointer") scores' share of the score features: states (N, D) the
+        deciding states, feats (N, K, F) their turns' object tokens' features (``score_features``)
+        -> (N, K) logits, a learned (zero at the start) weighing of the features by what the state asks."""
+        return torch.einsum("nf,nkf->nk", self.score_weights[which](states.float()), feats.float())
 
     @torch.no_grad()
     def _relation_features(self, input_ids, is_obj, region_id, region_embeds, objects: ObjectSet, readout):
@@ -472,8 +507,8 @@ class ObjectTokens(nn.Module):
         keep = target != IGNORE
         if bool(keep.any()):
             obj = turn_object_states(x.hidden, x.input_ids, x.object_id, self.k, bidx[keep], pos[keep])
-            rel = None if x.relations is None else turn_object_states(x.relations, x.input_ids, x.object_id, self.k, bidx[keep], pos[keep])
-            logits = self.scores(states[keep], obj, x.state.objects.valid[bidx[keep]], rel)
+            feats = None if x.score_features is None else turn_object_states(x.score_features, x.input_ids, x.object_id, self.k, bidx[keep], pos[keep])
+            logits = self.scores(states[keep], obj, x.state.objects.valid[bidx[keep]], feats)
             out["pointer"] = F.cross_entropy(logits, target[keep])
         heat = self.proposal_head(x.state.mask.pixels)  # (B, h, w)
         gt = batch["object_masks"] * batch["object_is_gt"][..., None, None]
@@ -484,23 +519,23 @@ class ObjectTokens(nn.Module):
             out["match"] = self.match_loss(x, batch)
         return out
 
-    def match_logits(self, hidden, input_ids, labels, object_id: int, valid, relations=None):
+    def match_logits(self, hidden, input_ids, labels, object_id: int, valid, features=None):
         """Every turn's match scores: hidden (B, T, D) last-layer states, input_ids / labels (B, T),
-        valid (B, K) the images' proposal slots, relations (B, T, G + 2) or None (``turn_relations``)
+        valid (B, K) the images' proposal slots, features (B, T, F) or None (``score_features``)
         -> (logits (turns, K), valid (turns, K)), the batch's turns in order. Each turn has K
         ``<obj>`` ids; its decision state is the last position before its answer (``decision_positions``)."""
         is_obj = input_ids == object_id
         states = hidden[is_obj].view(-1, self.k, hidden.shape[-1])  # (turns, K, D), row-major
         turn_row = is_obj.sum(1) // self.k  # turns per row
         rows = torch.arange(len(turn_row), device=states.device).repeat_interleave(turn_row)
-        rel = None if relations is None else relations[is_obj].view(-1, self.k, relations.shape[-1])
-        logits = self.match_scores(hidden[rows, decision_positions(is_obj, labels, self.k)], states, rel)
+        feats = None if features is None else features[is_obj].view(-1, self.k, features.shape[-1])
+        logits = self.match_scores(hidden[rows, decision_positions(is_obj, labels, self.k)], states, feats)
         return logits, valid.repeat_interleave(turn_row, 0)
 
     def match_loss(self, x, batch: dict):
         """Mean BCE of the match scores (``match_logits``) over the object tokens of every turn that
         asks for objects (``turn_match`` >= 0) and holds a proposal."""
-        logits, valid = self.match_logits(x.hidden, x.input_ids, x.labels, x.object_id, x.state.objects.valid, x.relations)
+        logits, valid = self.match_logits(x.hidden, x.input_ids, x.labels, x.object_id, x.state.objects.valid, x.score_features)
         target = batch["turn_match"].to(logits.device)
         if target.shape[0] != logits.shape[0]:
             raise ValueError(f"{target.shape[0]} turns have match targets but the prompts hold {logits.shape[0]} turns of object tokens")

@@ -825,7 +825,7 @@ def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_po
     batch = col([make_sample(s, tasks=["same_as_region"], n_requests=1) for s in range(4)])
     out = model.train()(batch)
     out["loss"].backward()
-    grads = {k: float(lin.weight.grad.abs().sum()) for k, lin in ot.relation_weights.items()}
+    grads = {k: float(lin.weight.grad.abs().sum()) for k, lin in ot.score_weights.items()}
     assert grads["match"] > 0  # the match loss reaches it (every same-as-a-region turn names a region)
     assert "pointer" not in out or grads["pointer"] > 0 or not bool((batch["loc_slots"] >= 0).any())
     model.eval()
@@ -839,7 +839,7 @@ def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_po
 
     def spy(self, input_ids, hidden, region_embeds=None):
         real(self, input_ids, hidden, region_embeds)
-        seen["relations"], seen["match"] = self._relations, self._match
+        seen["relations"], seen["match"] = self._features, self._match
 
     PointerDecoder.see_prompt = spy
     try:
@@ -849,7 +849,7 @@ def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_po
         zero_match = seen["match"].clone()
         K, F = ot.k, len(cfg.token_aux.attributes) + 2
         assert seen["relations"].shape == (K, F) and bool((seen["relations"][:3, -1] == 1).all())  # three objects, one region
-        torch.nn.init.normal_(ot.relation_weights["match"].weight)
+        torch.nn.init.normal_(ot.score_weights["match"].weight)
         pipe.chat(image, "Find all the objects with the same color as <region1>.", regions=[region], max_new_tokens=4)
         assert not torch.allclose(seen["match"][:3], zero_match[:3])  # the features now move the scores
         pipe.chat(image, "Find the red circle.", max_new_tokens=4)
@@ -858,4 +858,83 @@ def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_po
         PointerDecoder.see_prompt = real
     back = from_pretrained(save_pretrained(model, tmp_path / "m"))
     assert back.config.objects.relation_scores
-    assert torch.equal(back.object_tokens.relation_weights["match"].weight, ot.relation_weights["match"].weight)
+    assert torch.equal(back.object_tokens.score_weights["match"].weight, ot.score_weights["match"].weight)
+
+
+def test_set_positions_are_centres_and_ranks_among_the_valid_objects():
+    """set_positions: [2 cx - 1, 2 cy - 1, rank x, rank y], ranks scaled to [-1, 1] among the
+    image's valid objects only; 0 rank for a lone object; zeros in empty slots."""
+    from perception.objects import set_positions
+
+    boxes = torch.tensor([[[0.6, 0.0, 0.8, 0.2], [0.0, 0.4, 0.2, 0.6], [0.3, 0.8, 0.5, 1.0], [0.0, 0.0, 0.1, 0.1]],
+                          [[0.4, 0.4, 0.6, 0.6], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    valid = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    p = set_positions(boxes, valid)
+    assert p.shape == (2, 4, 4)
+    assert torch.allclose(p[0, :3, :2], torch.tensor([[0.4, -0.8], [-0.8, 0.0], [-0.2, 0.8]]))
+    assert torch.equal(p[0, :3, 2], torch.tensor([1.0, -1.0, 0.0]))  # x order: slot 1, slot 2, slot 0 (slot 3 not counted)
+    assert torch.equal(p[0, :3, 3], torch.tensor([-1.0, 0.0, 1.0]))
+    assert not bool(p[0, 3].any()) and not bool(p[1, 1:].any())
+    assert torch.equal(p[1, 0], torch.tensor([0.0, 0.0, 0.0, 0.0]))  # one object: centre 0.5 -> 0, rank 0
+
+
+def test_position_scores_read_each_objects_place_in_the_scores(tiny_tokenizer, scene, tmp_path):
+    """objects.position_scores: zero at the start, trained by the match and pointer losses, read at
+    inference in every turn (the proposals' set_positions), after the relation's features when both
+    are on; kept by save/load."""
+    from perception.checkpoint import from_pretrained, save_pretrained
+    from perception.data.collate import Collator
+    from perception.data.shapesref import make_sample
+    from perception.decoding import PointerDecoder
+    from perception.model import PerceptionModel
+    from perception.objects import set_positions
+    from perception.pipeline import Pipeline
+
+    cfg = get_preset("tiny-objects")
+    cfg.objects = dataclasses.replace(cfg.objects, position_scores=True)
+    torch.manual_seed(0)
+    model = PerceptionModel(cfg, tiny_tokenizer)
+    ot = model.object_tokens
+    assert ot.score_weights["pointer"].out_features == 4
+    col = Collator(model.config, model.tokenizer, model.backbone.num_image_tokens, seed=0)
+    batch = col([make_sample(s, tasks=["ground_S"], n_requests=1) for s in range(4)])
+    out = model.train()(batch)
+    out["loss"].backward()
+    assert float(ot.score_weights["match"].weight.grad.abs().sum()) > 0
+    assert float(ot.score_weights["pointer"].weight.grad.abs().sum()) > 0  # every superlative grounds one object
+    model.eval()
+    seen = {}
+    real = PointerDecoder.see_prompt
+
+    def spy(self, input_ids, hidden, region_embeds=None):
+        real(self, input_ids, hidden, region_embeds)
+        seen["features"], seen["match"], seen["objects"] = self._features, self._match, self.state.objects
+
+    PointerDecoder.see_prompt = spy
+    try:
+        pipe = Pipeline(model)
+        pipe.use_objects(scene.image, list(scene.masks[:3]))
+        pipe.chat(scene.image, "Find the leftmost shape.", max_new_tokens=4)
+        objs = seen["objects"]
+        assert torch.allclose(seen["features"], set_positions(objs.boxes, objs.valid)[0])
+        assert bool(seen["features"][:3].any()) and not bool(seen["features"][3:].any())
+        zero_match = seen["match"].clone()
+        torch.nn.init.normal_(ot.score_weights["match"].weight)
+        pipe.chat(scene.image, "Find the leftmost shape.", max_new_tokens=4)
+        assert not torch.allclose(seen["match"][:3], zero_match[:3])
+    finally:
+        PointerDecoder.see_prompt = real
+    back = from_pretrained(save_pretrained(model, tmp_path / "m"))
+    assert back.config.objects.position_scores
+    assert torch.equal(back.object_tokens.score_weights["match"].weight, ot.score_weights["match"].weight)
+
+    both = get_preset("tiny-objects")
+    both.objects = dataclasses.replace(both.objects, position_scores=True, relation_scores=True, region_relation=True)
+    m2 = PerceptionModel(both, tiny_tokenizer)
+    G = len(both.token_aux.attributes)
+    assert m2.object_tokens.score_weights["match"].out_features == G + 2 + 4
+    feats = m2.object_score_features(batch["input_ids"], m2.object_tokens.from_masks(
+        m2.region_encoder, m2.encode_images(batch["pixel_values"], batch.get("mask_pixel_values"), propose=False).mask, batch["object_masks"], batch["object_valid"]))
+    is_obj = batch["input_ids"] == m2.prompts.object_id
+    assert not bool(feats[is_obj][:, :G + 2].any())  # no region in these turns
+    assert bool(feats[is_obj][:, G + 2:].any())

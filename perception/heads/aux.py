@@ -42,8 +42,8 @@ class AuxInputs:
     region_embeds (R, D) or None; fed (K,) bool over the batch's <loc>s, feedback (F, D) the
     embeddings fed to the ``fed`` ones (F = fed.sum()), or None; state the batch's ImageState;
     loc_id / object_id the ``<loc>`` and ``<obj>`` ids (object_id None without object tokens);
-    labels (B, T) the answer tokens (IGNORE elsewhere); relations (B, T, F) or None
-    (``PerceptionModel.object_relations``).
+    labels (B, T) the answer tokens (IGNORE elsewhere); score_features (B, T, F) or None
+    (``PerceptionModel.object_score_features``).
     """
 
     hidden: torch.Tensor
@@ -56,7 +56,7 @@ class AuxInputs:
     loc_id: Optional[int] = None
     object_id: Optional[int] = None
     labels: Optional[torch.Tensor] = None
-    relations: Optional[torch.Tensor] = None  # (B, T, F) object tokens' region-relation features for the scores (objects.relation_scores), or None
+    score_features: Optional[torch.Tensor] = None  # (B, T, F) object tokens' features the scores read (ObjectTokens.score_features), or None
 
 
 @dataclass
