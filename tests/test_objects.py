@@ -938,3 +938,30 @@ def test_position_scores_read_each_objects_place_in_the_scores(tiny_tokenizer, s
     is_obj = batch["input_ids"] == m2.prompts.object_id
     assert not bool(feats[is_obj][:, :G + 2].any())  # no region in these turns
     assert bool(feats[is_obj][:, G + 2:].any())
+
+
+def test_the_superlative_probe_transposes_the_question_with_the_scene(objects_model):
+    """bench/superlative_probe.py (docs/RESULTS.md cites it): a transposed request names the other
+    axis and its referent is still that axis' extreme among the named objects; the categories of a
+    run add up."""
+    import importlib.util
+    from pathlib import Path
+
+    from perception.pipeline import Pipeline
+
+    spec = importlib.util.spec_from_file_location("superlative_probe", Path(__file__).resolve().parent.parent / "bench" / "superlative_probe.py")
+    sp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sp)
+    seed = next(s for s in range(12_000_000, 12_000_050) if sp.scene_request(s, False) is not None)
+    for transpose in (False, True):
+        image, masks, text, word, ref, named = sp.scene_request(seed, transpose)
+        assert word in text and len(named) >= 2 and ref in named and masks.shape[1:] == (image.size[1], image.size[0])
+        axis = 0 if word in ("leftmost", "rightmost") else 1
+        spans = [np.nonzero(masks[k])[1 - axis] for k in named]  # columns (x) or rows (y) of each named object
+        centre = [(c.min() + c.max()) / 2 for c in spans]  # box centres, as the expressions use
+        pick = int(np.argmin(centre)) if word in ("leftmost", "topmost") else int(np.argmax(centre))
+        assert named[pick] == ref
+    assert sp.scene_request(seed, True)[3] == sp.TRANSPOSED[sp.scene_request(seed, False)[3]]
+    rep = sp.probe(Pipeline(objects_model), 12_000_000, 4)
+    assert rep["overall"]["n"] == sum(rep[w]["n"] for w in sp.WORDS) > 0
+    assert abs(sum(rep["overall"][c] for c in sp.CATEGORIES) - 1.0) < 1e-6
