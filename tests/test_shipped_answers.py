@@ -5,7 +5,8 @@ expected answers in tests/data/shipped_answers.json were first recorded before t
 decodes each ``<loc>`` once (commit eaf7435); re-recorded after it, one mask changed: case 22's
 second object (2,873 -> 2,742 pixels, same text and first object), because the mask fed back
 after the first ``<loc>`` is now the reported one rather than a second, model-frame decoding.
-Record with
+Re-recorded whenever a new model is shipped (last: the model with relation and position scores,
+docs/RESULTS.md). Record with
 
     python tests/test_shipped_answers.py --write
 
