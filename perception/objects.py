@@ -119,6 +119,13 @@ def score_feature_count(cfg) -> int:
     return (len(cfg.token_aux.attributes) + 2 if oc.relation_scores else 0) + (4 if oc.position_scores else 0)
 
 
+def turn_rows(is_obj: torch.Tensor, k: int) -> torch.Tensor:
+    """is_obj (B, T) bool, each turn holding k ``<obj>`` ids -> (turns,) the batch row of every turn,
+    in row-major order (the order ``hidden[is_obj].view(-1, k, D)`` gives the turns)."""
+    per_row = is_obj.sum(1) // k
+    return torch.arange(len(per_row), device=is_obj.device).repeat_interleave(per_row)
+
+
 def turn_object_states(hidden, input_ids, object_id: int, k: int, bidx, pos) -> torch.Tensor:
     """The object-token states of the turn each position is in: for position ``pos[i]`` of row
     ``bidx[i]``, the states (last layer) at the last ``k`` ``<obj>`` ids before it.
@@ -398,9 +405,8 @@ class ObjectTokens(nn.Module):
             col = G + 2
         if oc.position_scores:
             place = set_positions(objects.boxes, objects.valid)  # (B, K, 4)
-            turns = is_obj.sum(1) // self.k  # turns per row; each turn's K tokens are its image's K slots in order
-            rows = torch.arange(len(turns), device=input_ids.device).repeat_interleave(turns)
-            out[..., col:col + 4][is_obj] = place[rows].flatten(0, 1).to(out.dtype)
+            # each turn's K tokens are its image's K slots in order
+            out[..., col:col + 4][is_obj] = place[turn_rows(is_obj, self.k)].flatten(0, 1).to(out.dtype)
         return out
 
     def feature_bonus(self, which: str, states: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
@@ -526,11 +532,10 @@ class ObjectTokens(nn.Module):
         ``<obj>`` ids; its decision state is the last position before its answer (``decision_positions``)."""
         is_obj = input_ids == object_id
         states = hidden[is_obj].view(-1, self.k, hidden.shape[-1])  # (turns, K, D), row-major
-        turn_row = is_obj.sum(1) // self.k  # turns per row
-        rows = torch.arange(len(turn_row), device=states.device).repeat_interleave(turn_row)
+        rows = turn_rows(is_obj, self.k)
         feats = None if features is None else features[is_obj].view(-1, self.k, features.shape[-1])
         logits = self.match_scores(hidden[rows, decision_positions(is_obj, labels, self.k)], states, feats)
-        return logits, valid.repeat_interleave(turn_row, 0)
+        return logits, valid[rows]
 
     def match_loss(self, x, batch: dict):
         """Mean BCE of the match scores (``match_logits``) over the object tokens of every turn that
