@@ -101,7 +101,7 @@ def relation_separation(pipe, seed: int, count: int) -> dict:
             f = model.object_tokens._relation_features(turn.input_ids, is_obj, p.region_id, turn.region_embeds, objs,
                                                        getattr(model, "region_aux", None))  # (K, G + 2), one turn
             slots = objs.valid[0].nonzero().flatten().tolist()
-            props = [objs.pixel_mask(0, j, turn.decoder.frame) for j in slots]
+            props = [objs.pixel_mask(0, j, turn.decoder.frame, model.config.mask_head.mask_threshold) for j in slots]
             match = match_proposals(props, [o.mask for o in scene.objects])
             own = _owner(scene, t.regions[0])
             g = next(k for k, words in enumerate(groups) if getattr(scene.objects[own], attr) in words)

@@ -41,7 +41,7 @@ def measure(model, seed: int, count: int) -> dict:
         peaks, _, _, _ = heatmap_peaks(ot.proposal_head(state.mask.pixels), ot.k, cfg.objects.score_threshold,
                                        cfg.objects.nms_kernel)
         objs = ot.propose(model.mask_head, model.region_encoder, state.mask)
-        props = [objs.pixel_mask(0, j, frame) for j in objs.valid[0].nonzero().flatten().tolist()]
+        props = [objs.pixel_mask(0, j, frame, cfg.mask_head.mask_threshold) for j in objs.valid[0].nonzero().flatten().tolist()]
         truths = [o.mask for o in scene.objects]
         match = match_proposals(props, truths)
         n["proposals"] += len(props)

@@ -47,6 +47,12 @@ def main(argv=None) -> int:
                    help="override objects.list_doubt (list_gate holds only where the LM gives going on at least this)")
     e.add_argument("--start-gate", type=float, default=None,
                    help="override objects.start_gate (the answer must start grounding when a proposal scores this)")
+    e.add_argument("--sure-gate", type=float, default=None,
+                   help="override objects.sure_gate (where match_gate rules out every object, the answer may still "
+                        "ground when the LM gives grounding at least this; 0: off)")
+    e.add_argument("--list-sure", type=float, default=None,
+                   help="override objects.list_sure (after a <loc> the answer may not end while an object not grounded "
+                        "yet has at least this match probability, whatever the LM gives; 0: off)")
     e.add_argument("--exclusive", default=None, choices=["on", "off"],
                    help="override mask_head.exclusive: each object of an answer takes pixels no earlier one took")
 

@@ -138,7 +138,9 @@ class ObjectTokensConfig:
     extra_prob: float = 0.2  # training: probability of one extra, non-object proposal (a random background box)
     match_gate: float = 0.0  # inference: a <loc> may only choose an object token whose match read-out (loss.match) is at least this probability (0: off)
     list_gate: float = 0.0  # inference: after a <loc>, the answer may not end (</s>, ":" or ".") while a proposal it has not grounded has a match probability at least this (0: off) ...
+    list_sure: float = 0.0  # inference: after a <loc>, the answer may not end while a proposal it has not grounded has a match probability at least this, whatever the LM gives going on (list_doubt does not apply; 0: off)
     list_doubt: float = 0.02  # ... and the LM itself gives going on (any token but those ends) at least this probability (a one-object answer's LM is sure it ends)
+    sure_gate: float = 0.0  # inference: when match_gate rules out every proposal but the LM gives starting by grounding (<p> or <loc>) at least this probability, the gate yields for that answer: it may ground, and its <loc>s choose among the proposals as without the gate (0: off)
     start_gate: float = 0.0  # inference: the answer must start by grounding (<p> or <loc>) when a proposal has a match probability at least this and the LM gives grounding first at least list_doubt (0: off)
     bidirectional: bool = False  # a turn's object tokens attend to one another both ways (the LM stays causal elsewhere): the first token can compare itself with the last ("the largest", "the leftmost")
     region_relation: bool = False  # each object token also gets a learned projection of how it relates to its turn's regions: same attribute words (the region read-out), same object (ObjectTokens.region_relations)

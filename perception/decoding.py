@@ -15,7 +15,10 @@ proposal no earlier ``<loc>`` of the answer chose is the object (its mask and th
 ``objects.match_gate`` a ``<loc>`` chooses only among the proposals the match scores (the turn's
 decision state against each object token) say the turn asks for, and when they say none is, the
 answer may not start by grounding (``banned_first``): "there is none" and the choice come from
-the same scores.
+the same scores -- unless the LM is sure the turn asks for an object (``objects.sure_gate``: its
+probability of starting by grounding), when the gate yields for that answer. ``objects.list_gate``
+/ ``list_doubt`` / ``list_sure`` keep a listing going while the scores say asked-for objects are
+left (``banned_next``).
 
 No placeholder objects: a ``<loc>`` whose mask has fewer than ``mask_head.min_object_pixels``
 pixels above ``mask_threshold`` (after the exclusive claim) grounds nothing -- it is dropped from
@@ -123,6 +126,7 @@ class PointerDecoder(ObjectDecoder):
         self._object_states = None  # (K, D) the current turn's object-token states (see_prompt)
         self._chosen = torch.zeros(model.config.objects.max_objects, dtype=torch.bool, device=self._bidx.device)
         self._nothing_asked = False  # match_gate: the match scores ask for no proposal (see_prompt)
+        self._gated = None  # (K,) bool: the proposals match_gate ruled out (see_prompt)
         self._match = None  # (K,) the turn's match probabilities (see_prompt; None without match scores)
         self._features = None  # (K, F) the turn's object tokens' score features (see_prompt; ObjectTokens.score_features)
         p = model.prompts
@@ -143,7 +147,8 @@ class PointerDecoder(ObjectDecoder):
             feats = None if self._features is None else self._features[None]
             self._match = self._pointer.match_scores(hidden[-1:], self._object_states[None], feats)[0].sigmoid().to(self._chosen.device)
         if gate > 0 and self._match is not None:  # objects the turn does not ask for are never chosen
-            self._chosen |= ~(self._match >= gate)
+            self._gated = ~(self._match >= gate)
+            self._chosen |= self._gated
             self._nothing_asked = not bool(self._open().any())
 
     def banned_first(self) -> list:
@@ -151,21 +156,33 @@ class PointerDecoder(ObjectDecoder):
         grounding (``<p>`` or ``<loc>``): "there is none" comes from the same scores as the choice."""
         if not self._nothing_asked:
             return []
+        return self._grounding()
+
+    def _grounding(self) -> list:
+        """The token ids an answer starts grounding with: ``<p>`` and ``<loc>``."""
         p = self.model.prompts
         return [p.special[PHRASE_OPEN], p.loc_id]
 
     def banned_next(self, answer: list, logits: torch.Tensor) -> list:
-        """``banned_first`` for the first token; with ``objects.list_gate``, right after a ``<loc>``
-        the answer may not end (``</s>``, ":" or ".") while a proposal it has not grounded has a
-        match probability of at least the gate and the LM itself gives going on at least
+        """``banned_first`` for the first token (after ``objects.sure_gate``: where the match gate
+        ruled out every proposal and the LM gives starting by grounding at least that, the gate
+        yields and nothing is banned). With ``objects.list_gate``, right after a ``<loc>`` the
+        answer may not end (``</s>``, ":" or ".") while a proposal it has not grounded has a match
+        probability of at least the gate and the LM itself gives going on at least
         ``objects.list_doubt``: a listing stops when the match scores say nothing asked for is
-        left, not earlier; an answer the LM is sure is complete (one object asked for) still ends."""
+        left, not earlier; an answer the LM is sure is complete (one object asked for) still ends
+        -- unless a proposal left scores at least ``objects.list_sure``, whatever the LM gives."""
         oc = self.model.config.objects
         if not answer:
+            if self._nothing_asked and oc.sure_gate > 0 and _share(logits, self._grounding()) >= oc.sure_gate:
+                self._chosen &= ~self._gated  # the LM is sure the turn asks for an object: the gate yields
+                self._nothing_asked = False
             return self.banned_first() or self._must_ground(oc, logits)
-        if oc.list_gate <= 0 or self._match is None or answer[-1] != self.model.prompts.loc_id:
+        if self._match is None or answer[-1] != self.model.prompts.loc_id:
             return []
-        if not bool(self._open(oc.list_gate).any()):
+        if oc.list_sure > 0 and bool(self._open(oc.list_sure).any()):
+            return self._list_ends
+        if oc.list_gate <= 0 or not bool(self._open(oc.list_gate).any()):
             return []
         going_on = 1.0 - _share(logits, self._list_ends)
         return self._list_ends if going_on >= oc.list_doubt else []
@@ -176,8 +193,7 @@ class PointerDecoder(ObjectDecoder):
         (an answer that asks for no object -- a region question -- stays the LM's)."""
         if oc.start_gate <= 0 or self._match is None:
             return []
-        p = self.model.prompts
-        ground = [p.special[PHRASE_OPEN], p.loc_id]
+        ground = self._grounding()
         if not bool(self._open(oc.start_gate).any()) or _share(logits, ground) < oc.list_doubt:
             return []
         keep = torch.zeros(logits.shape[-1], dtype=torch.bool)
@@ -204,7 +220,7 @@ class PointerDecoder(ObjectDecoder):
         feats = None if self._features is None else self._features[None]
         scores = self._pointer.scores(loc_state, self._object_states[None], valid[None], feats)[0]
         j = int(scores.argmax())
-        mask = objs.pixel_mask(b, j, self.frame)
+        mask = objs.pixel_mask(b, j, self.frame, self.model.config.mask_head.mask_threshold)
         if not self._keep(mask, box_from_mask(mask), float(scores.softmax(-1)[j])):
             return None
         self._chosen[j] = True

@@ -61,6 +61,15 @@ class ImageFrame:
         sx, sy = self.scale
         return np.stack([(p[..., 0] + 0.5) * sx, (p[..., 1] + 0.5) * sy], -1)
 
+    def points_to_pixels(self, pts) -> np.ndarray:
+        """(..., 2) normalised model-frame (x, y) -> pixel (x, y), integer pixel indices clipped
+        to the image (``points_to_model``'s inverse, pixel centres to their pixel)."""
+        p = np.asarray(pts, dtype=np.float64)
+        sx, sy = self.scale
+        x = np.clip(np.floor(p[..., 0] / sx), 0, self.width - 1)
+        y = np.clip(np.floor(p[..., 1] / sy), 0, self.height - 1)
+        return np.stack([x, y], -1).astype(np.int64)
+
     def boxes_to_model(self, boxes) -> np.ndarray:
         """(..., 4) pixel corners -> normalised model-frame corners."""
         b = np.asarray(boxes, dtype=np.float64)
@@ -122,6 +131,20 @@ def blob_around_peak(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         return out
     labels, _ = ndimage.label(fg, structure=np.ones((3, 3), bool))
     return labels == labels[peak]
+
+
+def mask_at_click(prob: np.ndarray, x: int, y: int, threshold: float = 0.5) -> np.ndarray:
+    """The object a click at pixel (x, y) segments, from the click's H x W mask probabilities:
+    the connected component (8-connectivity) of ``prob >= threshold`` that holds the click, or,
+    when the clicked pixel itself is below the threshold, the blob around the most confident pixel
+    (``blob_around_peak``). Returns an H x W bool mask."""
+    from scipy import ndimage
+
+    fg = prob >= threshold
+    if not fg[int(y), int(x)]:
+        return blob_around_peak(prob, threshold)
+    labels, _ = ndimage.label(fg, structure=np.ones((3, 3), bool))
+    return labels == labels[int(y), int(x)]
 
 
 def components_at(masks: torch.Tensor, points: torch.Tensor, max_steps: int | None = None) -> torch.Tensor:

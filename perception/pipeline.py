@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perception.geometry import ImageFrame, blob_around_peak
+from perception.geometry import ImageFrame, mask_at_click
 from perception.history import check_turn_lengths, recent_turns
 from perception.images import load_image
 from perception.limits import DEFAULT_LIMITS, Limits
@@ -148,10 +148,7 @@ class Pipeline:
         with self._lock, torch.no_grad():
             logits = self.model.mask_head.from_points(state.mask, pts, torch.zeros(1, dtype=torch.long, device=self.device))
         prob = frame.logits_to_pixels(logits)[0].sigmoid().cpu().numpy()
-        mask = prob >= self.model.config.mask_head.mask_threshold
-        if not mask[int(y), int(x)]:  # keep the component the user clicked on, or the nearest confident one
-            return blob_around_peak(prob, self.model.config.mask_head.mask_threshold)
-        return _component_at(mask, int(x), int(y))
+        return mask_at_click(prob, int(x), int(y), self.model.config.mask_head.mask_threshold)
 
     # --- object tokens (object-token models only) ----------------------------------------------
     def proposals(self, image) -> list:
@@ -163,7 +160,8 @@ class Pipeline:
         if objs is None:
             raise ValueError("no object proposals for this image (objects.proposals is 'oracle'): give them with use_objects")
         with self._lock, torch.no_grad():
-            return [objs.pixel_mask(0, j, frame) for j in objs.valid[0].nonzero().flatten().tolist()]
+            thr = self.model.config.mask_head.mask_threshold
+            return [objs.pixel_mask(0, j, frame, thr) for j in objs.valid[0].nonzero().flatten().tolist()]
 
     def use_objects(self, image, masks) -> None:
         """Answer later requests about ``image`` with ``masks`` as its object tokens instead of the
@@ -346,13 +344,6 @@ class _Turn:
     max_new: int  # new tokens allowed
     decoder: object  # the answer decoder (perception.decoding.answer_decoder) for this image and frame
     loc_feedback: object = None  # the history's <loc> feedback (Pipeline._history_feedback) or None
-
-
-def _component_at(mask: np.ndarray, x: int, y: int) -> np.ndarray:
-    from scipy import ndimage
-
-    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    return labels == labels[y, x]
 
 
 def _clean_message(message, max_chars: int) -> str:

@@ -527,6 +527,35 @@ def test_evaluator_reports_proposals_scene_sizes_and_runs_with_oracle_proposals(
         evaluate(Pipeline(tiny_model), shapesref_items(10_000_000, 1), progress=False, proposals="oracle")
 
 
+@pytest.mark.parametrize("mode", ["stretch", "pad"])
+def test_points_to_pixels_inverts_points_to_model(mode):
+    """ImageFrame.points_to_pixels: every pixel's centre in the model frame comes back to that
+    pixel; points off the image clip to its edge."""
+    from perception.geometry import ImageFrame
+
+    frame = ImageFrame(37, 23, 160, mode)
+    ys, xs = np.mgrid[0:23, 0:37]
+    px = np.stack([xs.ravel(), ys.ravel()], -1)
+    assert np.array_equal(frame.points_to_pixels(frame.points_to_model(px)), px)
+    assert frame.points_to_pixels(np.array([[-0.5, 2.0]])).tolist() == [[0, 22]]
+
+
+def test_mask_at_click_keeps_the_clicked_component():
+    """mask_at_click: the component of prob >= threshold holding the click; a click on background
+    gets the blob around the most confident pixel."""
+    from perception.geometry import mask_at_click
+
+    prob = np.zeros((10, 12))
+    prob[1:4, 1:4] = 0.9
+    prob[6:9, 7:11] = 0.7
+    left = mask_at_click(prob, 2, 2)
+    assert left.sum() == 9 and left[1:4, 1:4].all()
+    right = mask_at_click(prob, 8, 7)
+    assert right.sum() == 12 and right[6:9, 7:11].all()
+    assert np.array_equal(mask_at_click(prob, 0, 9), left)  # background: the most confident blob
+    assert mask_at_click(prob, 8, 7, threshold=0.8).sum() == 9  # below the threshold
+
+
 def test_a_proposal_keeps_only_the_blob_at_its_click():
     """components_at: the 8-connected component of each mask that holds its point; a point on
     background takes a component within a pixel of it; a point far from any keeps the mask."""
@@ -584,6 +613,69 @@ def test_the_list_gate_keeps_a_listing_going_while_asked_objects_are_left(tiny_t
     model.config.objects.list_gate = 0.0
     decoder._chosen[1] = False
     assert decoder.banned_next([p.loc_id], logits) == []  # off
+
+
+@pytest.mark.parametrize("list_sure, p_end, banned", [(0.9, 0.999, True), (0.0, 0.999, False), (0.99999, 0.999, False)])
+def test_list_sure_keeps_a_listing_going_whatever_the_lm_gives(tiny_tokenizer, list_sure, p_end, banned):
+    """objects.list_sure: right after a <loc>, ending is ruled out while an object not grounded yet
+    scores at least list_sure -- even where the LM is sure the answer is complete (list_doubt)."""
+    model = _objects_model(tiny_tokenizer)
+    oc = model.config.objects
+    oc.list_gate, oc.list_doubt, oc.list_sure = 0.5, 0.1, list_sure
+    decoder, p = _listing_decoder(model, 4.0)  # every object scores sigmoid(4) = 0.982
+    decoder._chosen[0] = True
+    logits = torch.full((len(model.tokenizer),), -30.0)
+    logits[p.eos_id], logits[7] = float(np.log(p_end)), float(np.log(1 - p_end))
+    assert decoder.banned_next([p.loc_id], logits) == (decoder._list_ends if banned else [])
+    decoder._chosen[1] = True  # nothing left
+    assert decoder.banned_next([p.loc_id], logits) == []
+
+
+@pytest.mark.parametrize("sure_gate, p_ground, may_ground", [(0.95, 0.99, True), (0.95, 0.9, False), (0.0, 0.99, False)])
+def test_the_sure_gate_lets_a_sure_lm_ground_where_the_match_gate_rules_out_everything(tiny_tokenizer, sure_gate, p_ground,
+                                                                                       may_ground):
+    """objects.sure_gate: every object scores below match_gate; an LM that gives starting by
+    grounding at least sure_gate may still ground, and its <loc> then chooses among every proposal
+    (the pointer); an LM less sure, or the option off, leaves "there is none"."""
+    model = _objects_model(tiny_tokenizer)
+    oc = model.config.objects
+    oc.match_gate, oc.sure_gate, oc.start_gate = 0.5, sure_gate, 0.0
+    decoder, p = _listing_decoder(model, -3.0)  # every object scores sigmoid(-3) = 0.047
+    ground = [p.special["<p>"], p.loc_id]
+    assert decoder.banned_first() == ground
+    logits = torch.full((len(model.tokenizer),), -30.0)
+    logits[p.special["<p>"]], logits[7] = float(np.log(p_ground)), float(np.log(1 - p_ground))
+    assert decoder.banned_next([], logits) == ([] if may_ground else ground)
+    assert bool(decoder._open().any()) == may_ground
+    if may_ground:
+        decoder(torch.zeros(1, model.backbone.hidden_size))
+        assert decoder.decoded[-1] is not None
+
+
+def test_own_proposals_are_segmented_in_pixels_as_clicks_are(objects_model):
+    """ObjectSet.pixel_mask of the model's own proposals: the click's logits upsampled to the image,
+    the component at the click (mask_at_click, as Pipeline.segment_point segments a click); given masks (the oracle's) keep their model-frame mask."""
+    from perception.data.shapesref import draw_scene
+    from perception.geometry import ImageFrame, mask_at_click
+
+    model = objects_model
+    scene = draw_scene(np.random.default_rng(5))
+    frame = ImageFrame(*scene.image.size, model.config.backbone.image_size, model.config.backbone.resize_mode)
+    state = model.encode_images(model.backbone.preprocess(scene.image)[None], propose=False)
+    ot = model.object_tokens
+    masks, valid, scores, logits, points = ot.proposal_masks(model.mask_head, state.mask, clicks=True)
+    objs = ot.propose(model.mask_head, model.region_encoder, state.mask)
+    assert torch.equal(objs.valid, valid) and objs.logits.shape == masks.shape and objs.points.shape == (1, ot.k, 2)
+    thr = model.config.mask_head.mask_threshold
+    for j in valid[0].nonzero().flatten().tolist():
+        x, y = frame.points_to_pixels(points[0, j].numpy())
+        assert 0 <= x < scene.image.size[0] and 0 <= y < scene.image.size[1]
+        got = objs.pixel_mask(0, j, frame, thr)
+        assert got.shape == (scene.image.size[1], scene.image.size[0])
+        prob = frame.logits_to_pixels(logits[0, j][None])[0].sigmoid().numpy()
+        assert np.array_equal(got, mask_at_click(prob, int(x), int(y), thr))
+    given = ot.from_pixel_masks(model.region_encoder, state.mask, [o.mask for o in scene.objects], frame)
+    assert given.logits is None and given.pixel_mask(0, 0, frame).shape == scene.objects[0].mask.shape
 
 
 def test_history_answers_feed_their_objects_back(tiny_tokenizer, scene):
@@ -965,3 +1057,28 @@ def test_the_superlative_probe_transposes_the_question_with_the_scene(objects_mo
     rep = sp.probe(Pipeline(objects_model), 12_000_000, 4)
     assert rep["overall"]["n"] == sum(rep[w]["n"] for w in sp.WORDS) > 0
     assert abs(sum(rep["overall"][c] for c in sp.CATEGORIES) - 1.0) < 1e-6
+
+
+def test_the_gate_probe_records_every_turn_and_undoes_its_recording(objects_model):
+    """bench/gate_probe.py (docs/RESULTS.md cites it): one row per chat turn with the decoder's
+    match scores and the LM's probability of grounding; its counts add up; the pipeline's decoders
+    are plain again afterwards."""
+    import importlib.util
+    from pathlib import Path
+
+    from perception import decoding
+    from perception.limits import Limits
+    from perception.pipeline import Pipeline
+
+    spec = importlib.util.spec_from_file_location("gate_probe", Path(__file__).resolve().parent.parent / "bench" / "gate_probe.py")
+    gp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gp)
+    before = decoding.answer_decoder
+    rows = gp.collect(Pipeline(objects_model, limits=Limits(max_new_tokens=4)), 12_000_000, 1)
+    assert decoding.answer_decoder is before
+    assert len(rows) >= 6 and {r["kind"] for r in rows} <= {"target", "none", "other"}
+    assert all(0 <= r["p_ground"] <= 1 and len(r["match"]) <= objects_model.config.objects.max_objects for r in rows)
+    rep = gp.summarise(rows, 0.35, 0.9, 0.95)
+    assert rep["turns"] == len(rows)
+    assert rep["target_none"]["lm_sure_all_scores_under_gate"] <= rep["target_none"]["n"] == sum(rep["target_none"]["by_task"].values())
+    assert rep["stopped_listings"]["ended_with_an_object_left_over"] <= rep["stopped_listings"]["n_listings"]
