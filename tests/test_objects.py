@@ -1082,3 +1082,20 @@ def test_the_gate_probe_records_every_turn_and_undoes_its_recording(objects_mode
     assert rep["turns"] == len(rows)
     assert rep["target_none"]["lm_sure_all_scores_under_gate"] <= rep["target_none"]["n"] == sum(rep["target_none"]["by_task"].values())
     assert rep["stopped_listings"]["ended_with_an_object_left_over"] <= rep["stopped_listings"]["n_listings"]
+
+
+def test_the_same_region_probe_counts_add_up(objects_model):
+    """bench/same_region_probe.py (docs/RESULTS.md cites it): six requests per scene (two
+    attributes x three region kinds); found <= targets, right "none" answers <= requests."""
+    import importlib.util
+    from pathlib import Path
+
+    from perception.limits import Limits
+    from perception.pipeline import Pipeline
+
+    spec = importlib.util.spec_from_file_location("same_region_probe", Path(__file__).resolve().parent.parent / "bench" / "same_region_probe.py")
+    sp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sp)
+    rep = sp.probe(Pipeline(objects_model, limits=Limits(max_new_tokens=4)), 12_500_000, 1)
+    assert len(rep) == 6 and sum(s["targets"] > 0 or s["none_requests"] > 0 for s in rep.values()) == 6
+    assert all(s["found"] <= s["targets"] and s["none_right"] <= s["none_requests"] and 0 <= s["recall"] <= 1 for s in rep.values())
