@@ -267,6 +267,7 @@ class DataConfig:
         0.08, 0.176, 0.16, 0.096, 0.064, 0.036, 0.036, 0.036, 0.036, 0.08,
         0.04, 0.03, 0.03, 0.05, 0.05,
     ])
+    same_target: Optional[float] = None  # same-as-a-region requests with a target, where the scene allows both (None: the contract's draw, ~38%)
     multi_turn: float = 0.15  # probability of a two-request conversation (a "followup" request is two turns itself)
     clicks_per_image: int = 1  # click-to-mask auxiliary samples per image
     click_teacher: float = 0.5  # probability a point region uses its true mask while training

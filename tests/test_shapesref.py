@@ -509,6 +509,45 @@ def test_same_as_region_targets_are_the_other_objects_sharing_the_attribute():
     assert kinds == {"point", "box", "mask"} and none and some
 
 
+def test_same_as_region_target_rate_chooses_whether_a_target_exists():
+    """Training's target_rate: 1.0 gives a target wherever the scene has one to give, 0.0 none
+    wherever the scene has a request without one; the turns stay valid; out of range is refused."""
+    from perception.data.shapesref_v2 import SAME_ATTRIBUTES, same_as_region, same_as_region_targets
+
+    both = 0
+    for seed in range(60):
+        scene = sr.draw_scene(np.random.default_rng(seed))
+        objs = scene.objects
+        kinds = {bool(same_as_region_targets(objs, j, a)) for a in SAME_ATTRIBUTES for j in range(len(objs))}
+        for rate, want in ((1.0, True), (0.0, False)):
+            t = same_as_region(scene, np.random.default_rng(seed), target_rate=rate)
+            check_v2_turn(_scene_sample(scene, [t]), t, None)
+            assert bool(t.targets) == (want if kinds == {True, False} else True in kinds)
+        both += kinds == {True, False}
+    assert both >= 20
+    with pytest.raises(ValueError, match="target_rate"):
+        same_as_region(sr.draw_scene(np.random.default_rng(0)), np.random.default_rng(0), target_rate=1.5)
+
+
+def test_same_target_none_is_the_contracts_draw_and_reaches_the_stream():
+    """make_sample(same_target=None) is the default sample, seed for seed (evaluation scenes do
+    not move); DataConfig.same_target reaches the training stream's samples."""
+    from perception.config import DataConfig
+    from perception.data.streams import ShapesRefStream
+
+    def key(s):
+        return [(t.user, t.assistant, t.targets) for t in s.turns]
+
+    for seed in range(20):
+        assert key(sr.make_sample(seed, same_target=None)) == key(sr.make_sample(seed))
+    cfg = DataConfig(tasks=["same_as_region"], weights=[1.0], multi_turn=0.0, same_target=1.0)
+    stream = iter(ShapesRefStream(cfg, seed=3))
+    turns = [next(stream).turns[0] for _ in range(40)]
+    contract = iter(ShapesRefStream(DataConfig(tasks=["same_as_region"], weights=[1.0], multi_turn=0.0), seed=3))
+    plain = [next(contract).turns[0] for _ in range(40)]
+    assert sum(bool(t.targets) for t in turns) > sum(bool(t.targets) for t in plain)
+
+
 @pytest.mark.parametrize("question", ["color", "shape", "size", "describe"])
 def test_followup_expected_words(question):
     from perception.data.shapesref_v2 import make_followup
@@ -607,3 +646,17 @@ def test_v2_samples_train(tiny_model, tiny_tokenizer):
     assert {t.task for s in samples for t in s.turns} >= {"followup"}
     out = tiny_model(col(samples))
     assert torch.isfinite(out["loss"])
+
+
+def test_same_target_share_bench_reads_the_option(capsys):
+    """bench/same_target_share.py: a higher same_target gives more requests with a target."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "same_target_share", Path(__file__).resolve().parent.parent / "bench" / "same_target_share.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.target_share(None, 40) < mod.target_share(1.0, 40) <= 1.0
+    mod.main(["--count", "5", "--rates", "none", "0"])
+    assert capsys.readouterr().out.count("requests have a target") == 2

@@ -492,7 +492,8 @@ def _region(rng, o: ShapeObject, kind: str) -> Region:
     raise ValueError(f"region_kind must be one of {REGION_KINDS}; got {kind!r}")
 
 
-def make_turn(scene: Scene, rng: np.random.Generator, task: str, region_kind: str | None = None) -> Turn | None:
+def make_turn(scene: Scene, rng: np.random.Generator, task: str, region_kind: str | None = None,
+              same_target: float | None = None) -> Turn | None:
     """One turn of a one-turn ``task`` about ``scene``; None when the task is impossible for this scene.
 
     region_kind: "point" | "box" | "mask" for region questions and same-as-a-region requests
@@ -546,18 +547,19 @@ def make_turn(scene: Scene, rng: np.random.Generator, task: str, region_kind: st
 
         if task == "followup":
             raise ValueError("task 'followup' is a two-turn request; use make_request")
-        return shapesref_v2.make_v2_turn(scene, rng, task, region_kind)
+        return shapesref_v2.make_v2_turn(scene, rng, task, region_kind, same_target)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
-def make_request(scene: Scene, rng: np.random.Generator, task: str, region_kind: str | None = None) -> list | None:
+def make_request(scene: Scene, rng: np.random.Generator, task: str, region_kind: str | None = None,
+                 same_target: float | None = None) -> list | None:
     """The turns of one request of ``task``: one Turn, or two for "followup" (a one-object
     grounding request, then a question about "it"); None when the task is impossible here."""
     if task == "followup":
         from perception.data.shapesref_v2 import make_followup
 
         return make_followup(scene, rng)
-    turn = make_turn(scene, rng, task, region_kind)
+    turn = make_turn(scene, rng, task, region_kind, same_target)
     return None if turn is None else [turn]
 
 
@@ -566,6 +568,7 @@ def make_sample(
     tasks: list[str] | None = None,
     weights: list[float] | None = None,
     n_requests: int = 1,
+    same_target: float | None = None,
     **scene_kwargs,
 ) -> Sample:
     """A scene and a conversation of ``n_requests`` requests, deterministic in ``seed``.
@@ -574,7 +577,8 @@ def make_sample(
     (default uniform); an impossible task is redrawn a few times, then replaced by ground_A; a
     scene where not even ground_A is possible (every object has an identical twin) is redrawn.
     A request is one turn, a "followup" two. With only V1_TASKS the samples are those of v1,
-    seed for seed. ``scene_kwargs`` go to draw_scene. boxes: (K, 4) float32 pixel corners;
+    seed for seed. same_target (training only): same-as-a-region requests' target rate
+    (shapesref_v2.same_as_region's target_rate; None: the contract's). ``scene_kwargs`` go to draw_scene. boxes: (K, 4) float32 pixel corners;
     masks: (K, H, W) bool visible masks.
     """
     tasks = list(TASKS if tasks is None else tasks)
@@ -597,7 +601,7 @@ def make_sample(
         for _ in range(n_requests):
             request = None
             for _ in range(_TASK_TRIES):
-                request = make_request(scene, rng, tasks[int(rng.choice(len(tasks), p=p))])
+                request = make_request(scene, rng, tasks[int(rng.choice(len(tasks), p=p))], same_target=same_target)
                 if request is not None:
                     break
             if request is None:

@@ -73,7 +73,8 @@ def _absent_group(rng: np.random.Generator, objs: list):
     return sr._choice(rng, options[sr._choice(rng, kinds)])
 
 
-def make_v2_turn(scene: sr.Scene, rng: np.random.Generator, task: str, region_kind: str | None = None) -> Turn | None:
+def make_v2_turn(scene: sr.Scene, rng: np.random.Generator, task: str, region_kind: str | None = None,
+                 same_target: float | None = None) -> Turn | None:
     """One turn of the one-turn v2 ``task`` (ground_none, ground_all_none, count_none,
     same_as_region); None when it is impossible in this scene (every shape, or colour, present)."""
     objs = scene.objects
@@ -92,7 +93,7 @@ def make_v2_turn(scene: sr.Scene, rng: np.random.Generator, task: str, region_ki
         return Turn(user=f"How many {noun} are there?", assistant=f"There are no {noun}: 0 in total", task=task,
                     expect=["0"])
     if task == "same_as_region":
-        return same_as_region(scene, rng, region_kind=region_kind)
+        return same_as_region(scene, rng, region_kind=region_kind, target_rate=same_target)
     raise ValueError(f"unknown one-turn v2 task {task!r}; expected one of {sr.NO_TARGET_TASKS + ['same_as_region']}")
 
 
@@ -106,16 +107,28 @@ def same_as_region_targets(objs: list, i: int, attribute: str) -> list:
 
 
 def same_as_region(scene: sr.Scene, rng: np.random.Generator, attribute: str | None = None,
-                   region_kind: str | None = None) -> Turn:
+                   region_kind: str | None = None, target_rate: float | None = None) -> Turn:
     """"Find all the objects with the same {attribute} as <region1>." about a random object.
 
     attribute: "color" | "shape"; region_kind: "point" | "box" | "mask" (each uniform when None).
     The region is drawn as for region questions; the answer lists the other objects sharing the
     attribute by its noun ("the circle", "the red object"), or says there are none.
+    target_rate (training only; None: the contract's draw, the region's object uniform): the
+    probability that the request has a target where the scene allows both (the attribute and the
+    region's object uniform among the pairs that have a target, else among those that have none).
     """
     objs = scene.objects
-    attribute = attribute or sr._choice(rng, SAME_ATTRIBUTES)
-    i = int(rng.integers(len(objs)))
+    if target_rate is None:
+        attribute = attribute or sr._choice(rng, SAME_ATTRIBUTES)
+        i = int(rng.integers(len(objs)))
+    else:
+        if not 0.0 <= target_rate <= 1.0:
+            raise ValueError(f"target_rate must be in [0, 1]; got {target_rate}")
+        pairs = [(a, j) for a in ([attribute] if attribute else SAME_ATTRIBUTES) for j in range(len(objs))]
+        found = [p for p in pairs if same_as_region_targets(objs, p[1], p[0])]
+        none = [p for p in pairs if p not in found]
+        pool = (found if rng.random() < target_rate else none) if found and none else pairs
+        attribute, i = pool[int(rng.integers(len(pool)))]
     region = sr._region(rng, objs[i], region_kind or sr._choice(rng, sr.REGION_KINDS))
     targets = same_as_region_targets(objs, i, attribute)
     key = (objs[i].shape,) if attribute == "shape" else (objs[i].color, "object")

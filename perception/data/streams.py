@@ -25,7 +25,8 @@ class ShapesRefStream(IterableDataset):
         while True:
             seed = (self.seed * 1_000_003 + self.rank * 100_000_007 + i) % (2**31)
             n_requests = 2 if rng.random() < self.cfg.multi_turn else 1
-            yield make_sample(seed, tasks=self.cfg.tasks, weights=self.cfg.weights, n_requests=n_requests)
+            yield make_sample(seed, tasks=self.cfg.tasks, weights=self.cfg.weights, n_requests=n_requests,
+                              same_target=self.cfg.same_target)
             i += nw
 
 
