@@ -14,8 +14,8 @@ yet. Reported:
 - ``stopped_listings``: listings (counting, "all the ...", same-as-a-region) that ended while an
   object left scored >= ``--left``, and the LM's probability of going on there.
 
-By default the two gates this probe is about are off (``sure_gate`` 0, ``list_sure`` 0: what the
-model does without them); ``--as-saved`` keeps the model's own settings.
+By default the gates this probe is about are off (``sure_gate`` 0, ``region_sure_gate`` None,
+``list_sure`` 0: what the model does without them); ``--as-saved`` keeps the model's own settings.
 
     python bench/gate_probe.py tiny --count 200 --out bench/results/gates/gate_probe.json
 """
@@ -145,9 +145,9 @@ def main(argv=None) -> int:
         return 2
     oc = pipe.model.config.objects
     if not args.as_saved:
-        oc.sure_gate, oc.list_sure = 0.0, 0.0
+        oc.sure_gate, oc.region_sure_gate, oc.list_sure = 0.0, None, 0.0
     rep = summarise(collect(pipe, args.seed, args.count), oc.match_gate, args.sure, args.left)
-    rep = {"model": args.model, "seed": args.seed, "count": args.count, "sure_gate": oc.sure_gate, "list_sure": oc.list_sure, **rep}
+    rep = {"model": args.model, "seed": args.seed, "count": args.count, "sure_gate": oc.sure_gate, "region_sure_gate": oc.region_sure_gate, "list_sure": oc.list_sure, **rep}
     print(json.dumps(rep, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

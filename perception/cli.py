@@ -50,6 +50,9 @@ def main(argv=None) -> int:
     e.add_argument("--sure-gate", type=float, default=None,
                    help="override objects.sure_gate (where match_gate rules out every object, the answer may still "
                         "ground when the LM gives grounding at least this; 0: off)")
+    e.add_argument("--region-sure-gate", type=float, default=None,
+                   help="override objects.region_sure_gate (sure_gate on a turn that names a region; 0: the LM never "
+                        "overrules the match scores there)")
     e.add_argument("--list-sure", type=float, default=None,
                    help="override objects.list_sure (after a <loc> the answer may not end while an object not grounded "
                         "yet has at least this match probability, whatever the LM gives; 0: off)")

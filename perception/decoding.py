@@ -16,7 +16,8 @@ proposal no earlier ``<loc>`` of the answer chose is the object (its mask and th
 decision state against each object token) say the turn asks for, and when they say none is, the
 answer may not start by grounding (``banned_first``): "there is none" and the choice come from
 the same scores -- unless the LM is sure the turn asks for an object (``objects.sure_gate``: its
-probability of starting by grounding), when the gate yields for that answer. ``objects.list_gate``
+probability of starting by grounding; ``objects.region_sure_gate`` on a turn that names a
+region), when the gate yields for that answer. ``objects.list_gate``
 / ``list_doubt`` / ``list_sure`` keep a listing going while the scores say asked-for objects are
 left (``banned_next``).
 
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from perception.geometry import ImageFrame, blob_around_peak, box_from_mask
-from perception.objects import turn_object_states
+from perception.objects import turn_names_region, turn_object_states
 from perception.tokens import PHRASE_OPEN, parse_answer
 from perception.types import Grounding
 
@@ -129,6 +130,7 @@ class PointerDecoder(ObjectDecoder):
         self._gated = None  # (K,) bool: the proposals match_gate ruled out (see_prompt)
         self._match = None  # (K,) the turn's match probabilities (see_prompt; None without match scores)
         self._features = None  # (K, F) the turn's object tokens' score features (see_prompt; ObjectTokens.score_features)
+        self._names_region = False  # the turn names a region (see_prompt): objects.region_sure_gate applies
         p = model.prompts
         ends = [model.tokenizer.convert_tokens_to_ids(t) for t in (":", ".")]
         self._list_ends = [p.eos_id] + [t for t in ends if t is not None and t != model.tokenizer.unk_token_id]
@@ -139,6 +141,7 @@ class PointerDecoder(ObjectDecoder):
         T, row = torch.tensor([input_ids.shape[0]]), torch.zeros(1, dtype=torch.long)
         oid = self.model.prompts.object_id
         self._object_states = turn_object_states(hidden[None], input_ids[None], oid, self._pointer.k, row, T)[0]
+        self._names_region = turn_names_region(input_ids, oid, self.model.prompts.region_id, self._pointer.k)
         if self._pointer.score_weights is not None:  # objects.relation_scores / position_scores
             feats = self.model.object_score_features(input_ids[None], self.state.objects.select(self._bidx.view(1)), region_embeds)
             self._features = turn_object_states(feats, input_ids[None], oid, self._pointer.k, row, T)[0]
@@ -166,7 +169,8 @@ class PointerDecoder(ObjectDecoder):
     def banned_next(self, answer: list, logits: torch.Tensor) -> list:
         """``banned_first`` for the first token (after ``objects.sure_gate``: where the match gate
         ruled out every proposal and the LM gives starting by grounding at least that, the gate
-        yields and nothing is banned). With ``objects.list_gate``, right after a ``<loc>`` the
+        yields and nothing is banned; on a turn that names a region ``objects.region_sure_gate``
+        instead, where set). With ``objects.list_gate``, right after a ``<loc>`` the
         answer may not end (``</s>``, ":" or ".") while a proposal it has not grounded has a match
         probability of at least the gate and the LM itself gives going on at least
         ``objects.list_doubt``: a listing stops when the match scores say nothing asked for is
@@ -174,7 +178,8 @@ class PointerDecoder(ObjectDecoder):
         -- unless a proposal left scores at least ``objects.list_sure``, whatever the LM gives."""
         oc = self.model.config.objects
         if not answer:
-            if self._nothing_asked and oc.sure_gate > 0 and _share(logits, self._grounding()) >= oc.sure_gate:
+            sure = oc.sure_gate if not self._names_region or oc.region_sure_gate is None else oc.region_sure_gate
+            if self._nothing_asked and sure > 0 and _share(logits, self._grounding()) >= sure:
                 self._chosen &= ~self._gated  # the LM is sure the turn asks for an object: the gate yields
                 self._nothing_asked = False
             return self.banned_first() or self._must_ground(oc, logits)

@@ -30,7 +30,7 @@ REGION_TASKS = ("region_what", "region_describe", "region_color", "region_shape"
 V2_STREAM = 2  # v2 requests of scene i come from default_rng([seed + i, V2_STREAM]), apart from v1's
 
 
-OBJECT_GATES = ("match_gate", "list_gate", "list_doubt", "start_gate", "sure_gate", "list_sure")  # ObjectTokensConfig's inference gates (perception/decoding.py)
+OBJECT_GATES = ("match_gate", "list_gate", "list_doubt", "start_gate", "sure_gate", "region_sure_gate", "list_sure")  # ObjectTokensConfig's inference gates (perception/decoding.py)
 
 
 def shapesref_items(seed: int, count: int, v2_count: int = 0):

@@ -157,6 +157,16 @@ def turn_object_states(hidden, input_ids, object_id: int, k: int, bidx, pos) -> 
     return torch.stack(out) if out else hidden.new_zeros(0, k, hidden.shape[-1])
 
 
+def turn_names_region(input_ids, object_id: int, region_id: int, k: int) -> bool:
+    """Whether the last turn of one prompt names a region: a ``<region>`` id after the previous
+    turn's ``k`` object tokens (the whole prompt where the last turn is the first).
+
+    input_ids (T,) one row, its last turn's object tokens already in it."""
+    obj = (input_ids == object_id).nonzero().flatten()
+    after = int(obj[-2 * k]) if len(obj) >= 2 * k else -1  # the previous turn's first <obj>
+    return bool(((input_ids == region_id).nonzero().flatten() > after).any())
+
+
 def object_attention_mask(input_ids, object_id: int, k: int, attention_mask=None) -> torch.Tensor:
     """The LM's attention when a turn's object tokens see one another (``objects.bidirectional``).
 

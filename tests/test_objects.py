@@ -575,21 +575,23 @@ def test_a_proposal_keeps_only_the_blob_at_its_click():
     assert torch.equal(out[2], m[2])  # its point (0, 7) is on background, far from both: unchanged
 
 
-def _listing_decoder(model, match_bias):
-    """A PointerDecoder over two ground-truth proposals whose match scores are all ``match_bias``."""
+def _listing_decoder(model, match_bias, text="Find all the objects."):
+    """A PointerDecoder over two ground-truth proposals whose match scores are all ``match_bias``
+    (a ``<region1>`` in ``text`` is a zero region embedding)."""
     from perception.data.shapesref import make_sample
     from perception.decoding import answer_decoder
 
     sample = make_sample(11, tasks=["ground_A"], n_objects=2)
     frame, state, _ = _state_with_truths(model, sample)
     p = model.prompts
-    ids = torch.tensor([p.encode([("Find all the objects.", None)], add_generation_prompt=True).input_ids])
+    ids = torch.tensor([p.encode([(text, None)], add_generation_prompt=True).input_ids])
     model.object_tokens.match.forward = lambda decision, object_states: torch.full(object_states.shape[:2], match_bias)
     decoder = answer_decoder(model, state, frame)
+    regions = torch.zeros(int((ids == p.region_id).sum()), model.backbone.hidden_size) if "<region" in text else None
     with torch.no_grad():
-        emb = model.embed(ids, state)
+        emb = model.embed(ids, state, regions)
         _, hidden, _ = model.backbone.forward_embeds(emb)
-    decoder.see_prompt(ids[0], hidden[0])
+    decoder.see_prompt(ids[0], hidden[0], regions)
     return decoder, p
 
 
@@ -650,6 +652,34 @@ def test_the_sure_gate_lets_a_sure_lm_ground_where_the_match_gate_rules_out_ever
     if may_ground:
         decoder(torch.zeros(1, model.backbone.hidden_size))
         assert decoder.decoded[-1] is not None
+
+
+@pytest.mark.parametrize("region_sure_gate, may_ground", [(None, True), (0.0, False), (0.999, False), (0.95, True)])
+def test_the_region_sure_gate_replaces_the_sure_gate_on_a_turn_that_names_a_region(tiny_tokenizer, region_sure_gate,
+                                                                                    may_ground):
+    """objects.region_sure_gate: on a turn naming <region1> it is the sure gate (None: sure_gate's
+    0.95 applies; 0: the match gate's "there is none" stands whatever the LM gives); a turn naming
+    no region keeps sure_gate."""
+    model = _objects_model(tiny_tokenizer)
+    oc = model.config.objects
+    oc.match_gate, oc.sure_gate, oc.region_sure_gate, oc.start_gate = 0.5, 0.95, region_sure_gate, 0.0
+    logits = torch.full((len(model.tokenizer),), -30.0)
+    for text, expect in (("Find the object the same colour as <region1>.", may_ground), ("Find all the objects.", True)):
+        decoder, p = _listing_decoder(model, -3.0, text)  # every object scores sigmoid(-3): the match gate rules all out
+        ground = [p.special["<p>"], p.loc_id]
+        logits[p.special["<p>"]], logits[7] = float(np.log(0.99)), float(np.log(0.01))
+        assert decoder.banned_next([], logits) == ([] if expect else ground), text
+
+
+def test_turn_names_region_looks_at_the_last_turn_only():
+    """turn_names_region: a <region> id after the previous turn's object tokens (k per turn)."""
+    from perception.objects import turn_names_region
+
+    O, R, k = 9, 8, 2
+    one_turn = torch.tensor([1, R, 2, O, O])
+    assert turn_names_region(one_turn, O, R, k) and not turn_names_region(torch.tensor([1, 2, O, O]), O, R, k)
+    assert not turn_names_region(torch.tensor([1, R, 2, O, O, 5, 6, 1, 2, O, O]), O, R, k)  # the region was the first turn's
+    assert turn_names_region(torch.tensor([1, 2, O, O, 5, 6, 1, R, O, O]), O, R, k)
 
 
 def test_own_proposals_are_segmented_in_pixels_as_clicks_are(objects_model):
