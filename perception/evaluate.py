@@ -33,6 +33,18 @@ V2_STREAM = 2  # v2 requests of scene i come from default_rng([seed + i, V2_STRE
 OBJECT_GATES = ("match_gate", "list_gate", "list_doubt", "start_gate", "sure_gate", "region_sure_gate", "list_sure")  # ObjectTokensConfig's inference gates (perception/decoding.py)
 
 
+def _count_by_truth(answered: list) -> dict:
+    """Counting answers by their true count: {count: n, accuracy, and the shares that state fewer
+    or more objects (an answer stating no number is neither)}; answered: (truth, stated or None)."""
+    out = {}
+    for t in sorted({t for t, _ in answered}):
+        said = [a for tt, a in answered if tt == t]
+        out[str(t)] = {"n": len(said), "accuracy": float(np.mean([a == t for a in said])),
+                       "fewer": float(np.mean([a is not None and a < t for a in said])),
+                       "more": float(np.mean([a is not None and a > t for a in said]))}
+    return out
+
+
 def shapesref_items(seed: int, count: int, v2_count: int = 0):
     """Yield (scene_index, ground truth, item) for the evaluation protocol above.
 
@@ -256,7 +268,8 @@ class Accumulator:
                                   "by": {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(self.region_by.items())}}
         rep["counting_accuracy"] = {"n": len(self.count), "accuracy": float(np.mean(self.count)) if self.count else 0.0,
                                     "answered_1": float(np.mean([a == 1 for _, a in self.count_answered])) if self.count_answered else 0.0,
-                                    "truth_1": float(np.mean([t == 1 for t, _ in self.count_answered])) if self.count_answered else 0.0}
+                                    "truth_1": float(np.mean([t == 1 for t, _ in self.count_answered])) if self.count_answered else 0.0,
+                                    "by_truth": _count_by_truth(self.count_answered)}
         rep["click_mIoU"] = {"n": len(self.click), "mIoU": M.miou(self.click)}
         rep["no_target"] = {"n": sum(map(len, self.no_target.values())), "n_acc": _share(self.no_target),
                             "by": _by(self.no_target)}
@@ -410,6 +423,9 @@ def _table_rows(rep: dict) -> dict:
     rows["count"] = (f"counting accuracy (n={c['n']})", f"{c['accuracy']:.3f}")
     if "answered_1" in c:
         rows["count:1"] = ("— answers that say 1 / questions whose count is 1", f"{c['answered_1']:.3f} / {c['truth_1']:.3f}")
+    for t, v in c.get("by_truth", {}).items():
+        rows[f"count:truth{t}"] = (f"— count {t} (n={v['n']}): right / says fewer / says more",
+                                   f"{v['accuracy']:.3f} / {v['fewer']:.3f} / {v['more']:.3f}")
     rows["click"] = (f"click-segmentation mIoU (n={rep['click_mIoU']['n']})", f"{rep['click_mIoU']['mIoU']:.3f}")
     rows.update(_v2_rows(rep))
     p = rep.get("proposals")

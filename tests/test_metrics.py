@@ -86,9 +86,23 @@ def test_accumulator_report_on_known_answers():
     # "all" + count: 3 + 0 predicted boxes, 1 match (the duplicate and the stray box do not), 4 objects
     assert rep["multi_object"] == pytest.approx({"n_gt": 4, "precision": 1 / 3, "recall": 1 / 4, "f1": 2 / 7})
     assert rep["counting_accuracy"]["accuracy"] == 1.0 and rep["region_accuracy"]["accuracy"] == 0.5
+    assert rep["counting_accuracy"]["by_truth"] == {"2": {"n": 1, "accuracy": 1.0, "fewer": 0.0, "more": 0.0}}
     assert rep["region_accuracy"]["by"]["question:region_shape"]["accuracy"] == 0.0
     assert rep["click_mIoU"]["mIoU"] == 1.0 and rep["latency_ms_median"] == pytest.approx(20.0)
     assert "| grounding A: Acc@0.5 / mIoU / cIoU (n=1) | 1.000 / 0.000 / 0.000 |" in format_table(rep)
+
+
+def test_counting_is_reported_by_true_count():
+    """counting_accuracy.by_truth: per true count, right / states fewer / states more (no number: neither)."""
+    gt = {"boxes": [(0, 0, 10, 10)] * 3, "masks": [np.zeros((4, 4), bool)] * 3}
+    acc = Accumulator()
+    for said in ("1 in total", "2 in total", "4 in total", "none", "3 in total"):
+        acc.add(gt, Turn(user="How many?", assistant="", targets=[0, 1, 2], task="count", expect=["3"]), _ans(text=said))
+    acc.add(gt, Turn(user="How many?", assistant="", targets=[0], task="count", expect=["1"]), _ans(text="1 in total"))
+    c = acc.report()["counting_accuracy"]
+    assert c["by_truth"]["3"] == pytest.approx({"n": 5, "accuracy": 0.2, "fewer": 0.4, "more": 0.2})
+    assert c["by_truth"]["1"] == {"n": 1, "accuracy": 1.0, "fewer": 0.0, "more": 0.0}
+    assert "| — count 3 (n=5): right / says fewer / says more | 0.200 / 0.400 / 0.200 |" in format_table(acc.report())
 
 
 def test_compare_puts_reports_side_by_side(tmp_path, capsys):
