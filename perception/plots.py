@@ -54,7 +54,8 @@ def plot_run(run_dir, out=None, title=None) -> Path:
 
     dirs = [run_dir] if isinstance(run_dir, (str, Path)) else list(run_dir)
     rows, evals, starts = read_stages(dirs)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(12 if evals else 6.5, 4.2), squeeze=False)
+    axes = axes[0]  # one panel where the run has no periodic evaluation
     steps = np.array([r["step"] for r in rows])
     for key in ("ce", "mask_bce", "mask_dice", "click", "box_giou", "token_aux", "region_aux", "pointer", "proposal"):
         have = [i for i, r in enumerate(rows) if key in r]  # a loss part may exist in some stages only
@@ -72,7 +73,7 @@ def plot_run(run_dir, out=None, title=None) -> Path:
         for key in sorted({k for e in evals for k in e["eval"]}):
             axes[1].plot(es, [e["eval"].get(key, np.nan) for e in evals], marker="o", label=key)
         axes[1].set_ylim(0, 1.02); axes[1].legend(fontsize=8, ncol=2)
-    axes[1].set_xlabel("step"); axes[1].set_ylabel("held-out ShapesRef metric"); axes[1].grid(alpha=0.3)
+        axes[1].set_xlabel("step"); axes[1].set_ylabel("held-out ShapesRef metric"); axes[1].grid(alpha=0.3)
     fig.suptitle(title or f"training curves: {' + '.join(map(str, dirs))}")
     fig.tight_layout()
     last = Path(dirs[-1])

@@ -68,6 +68,13 @@ def test_plots_take_stage_folders_or_metrics_files(tmp_path):
     assert starts == [0, 60] and rows[-1]["step"] == 100 and [e["step"] for e in evals] == [60, 100]
     out = plot_run([tmp_path / "a", tmp_path / "b" / "metrics.jsonl"])
     assert out == tmp_path / "b" / "metrics.png" and out.stat().st_size > 10_000
+    (tmp_path / "c").mkdir()  # a run without periodic evaluation: the loss panel only
+    (tmp_path / "c" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "ce": 1.0 / s}) + "\n" for s in range(1, 61)))
+    out = plot_run(tmp_path / "c", tmp_path / "c.png")
+    from PIL import Image
+
+    w, h = Image.open(out).size
+    assert w < 2 * h  # one panel, 6.5 x 4.2 inches (two are 12 x 4.2)
 
 
 def test_frozen_parts_stay_frozen_and_unchanged_across_a_resume(tmp_path):
