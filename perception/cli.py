@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     e.add_argument("--list-sure", type=float, default=None,
                    help="override objects.list_sure (after a <loc> the answer may not end while an object not grounded "
                         "yet has at least this match probability, whatever the LM gives; 0: off)")
+    e.add_argument("--list-stop", default=None, choices=["on", "off"],
+                   help="override objects.list_stop (right after a <loc> with no object left to ground, the answer may only end)")
     e.add_argument("--exclusive", default=None, choices=["on", "off"],
                    help="override mask_head.exclusive: each object of an answer takes pixels no earlier one took")
 

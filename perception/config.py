@@ -139,6 +139,7 @@ class ObjectTokensConfig:
     match_gate: float = 0.0  # inference: a <loc> may only choose an object token whose match read-out (loss.match) is at least this probability (0: off)
     list_gate: float = 0.0  # inference: after a <loc>, the answer may not end (</s>, ":" or ".") while a proposal it has not grounded has a match probability at least this (0: off) ...
     list_sure: float = 0.0  # inference: after a <loc>, the answer may not end while a proposal it has not grounded has a match probability at least this, whatever the LM gives going on (list_doubt does not apply; 0: off)
+    list_stop: bool = False  # inference: right after a <loc>, when no proposal is left that a <loc> may choose (each valid one grounded or ruled out by match_gate), the answer may only end (</s>, ':' or '.'): another object would ground nothing
     list_doubt: float = 0.02  # ... and the LM itself gives going on (any token but those ends) at least this probability (a one-object answer's LM is sure it ends)
     sure_gate: float = 0.0  # inference: when match_gate rules out every proposal but the LM gives starting by grounding (<p> or <loc>) at least this probability, the gate yields for that answer: it may ground, and its <loc>s choose among the proposals as without the gate (0: off)
     region_sure_gate: Optional[float] = None  # inference: sure_gate on a turn that names a region (<region1>); None: sure_gate. With relation_scores the match scores read the turn's relation to its regions directly (same colour, same object): 0 keeps the LM from overruling them there

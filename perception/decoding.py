@@ -19,7 +19,7 @@ the same scores -- unless the LM is sure the turn asks for an object (``objects.
 probability of starting by grounding; ``objects.region_sure_gate`` on a turn that names a
 region), when the gate yields for that answer. ``objects.list_gate``
 / ``list_doubt`` / ``list_sure`` keep a listing going while the scores say asked-for objects are
-left (``banned_next``).
+left, and ``objects.list_stop`` ends it when no object is left to ground (``banned_next``).
 
 No placeholder objects: a ``<loc>`` whose mask has fewer than ``mask_head.min_object_pixels``
 pixels above ``mask_threshold`` (after the exclusive claim) grounds nothing -- it is dropped from
@@ -175,7 +175,9 @@ class PointerDecoder(ObjectDecoder):
         probability of at least the gate and the LM itself gives going on at least
         ``objects.list_doubt``: a listing stops when the match scores say nothing asked for is
         left, not earlier; an answer the LM is sure is complete (one object asked for) still ends
-        -- unless a proposal left scores at least ``objects.list_sure``, whatever the LM gives."""
+        -- unless a proposal left scores at least ``objects.list_sure``, whatever the LM gives. With
+        ``objects.list_stop``, right after a ``<loc>`` with no proposal left that a ``<loc>`` may
+        choose, the answer may only end: another object would ground nothing."""
         oc = self.model.config.objects
         if not answer:
             sure = oc.sure_gate if not self._names_region or oc.region_sure_gate is None else oc.region_sure_gate
@@ -185,6 +187,8 @@ class PointerDecoder(ObjectDecoder):
             return self.banned_first() or self._must_ground(oc, logits)
         if self._match is None or answer[-1] != self.model.prompts.loc_id:
             return []
+        if oc.list_stop and not bool(self._open().any()):  # nothing left to ground: the listing ends
+            return _all_but(logits, self._list_ends)
         if oc.list_sure > 0 and bool(self._open(oc.list_sure).any()):
             return self._list_ends
         if oc.list_gate <= 0 or not bool(self._open(oc.list_gate).any()):
@@ -201,9 +205,7 @@ class PointerDecoder(ObjectDecoder):
         ground = self._grounding()
         if not bool(self._open(oc.start_gate).any()) or _share(logits, ground) < oc.list_doubt:
             return []
-        keep = torch.zeros(logits.shape[-1], dtype=torch.bool)
-        keep[ground] = True
-        return (~keep).nonzero().flatten().tolist()
+        return _all_but(logits, ground)
 
     def _open(self, gate: float | None = None) -> torch.Tensor:
         """(K,) bool: the proposals a ``<loc>`` of this answer may still take (valid, not chosen,
@@ -232,6 +234,13 @@ class PointerDecoder(ObjectDecoder):
         if not self.model.config.loc_feedback:
             return None
         return self.model.feedback_embeds(self.state, objs.masks[b, j][None], self._bidx)
+
+
+def _all_but(logits: torch.Tensor, ids: list) -> list:
+    """Every token id of the vocabulary (``logits``' last dimension) but ``ids``."""
+    keep = torch.zeros(logits.shape[-1], dtype=torch.bool)
+    keep[ids] = True
+    return (~keep).nonzero().flatten().tolist()
 
 
 def _share(logits: torch.Tensor, ids: list) -> float:

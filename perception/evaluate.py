@@ -30,7 +30,7 @@ REGION_TASKS = ("region_what", "region_describe", "region_color", "region_shape"
 V2_STREAM = 2  # v2 requests of scene i come from default_rng([seed + i, V2_STREAM]), apart from v1's
 
 
-OBJECT_GATES = ("match_gate", "list_gate", "list_doubt", "start_gate", "sure_gate", "region_sure_gate", "list_sure")  # ObjectTokensConfig's inference gates (perception/decoding.py)
+OBJECT_GATES = ("match_gate", "list_gate", "list_doubt", "start_gate", "sure_gate", "region_sure_gate", "list_sure", "list_stop")  # ObjectTokensConfig's inference gates (perception/decoding.py)
 
 
 def _count_by_truth(answered: list) -> dict:
@@ -537,8 +537,9 @@ def run_cli(args) -> int:
     if getattr(args, "selection", None):
         pipe.model.config.objects.selection = args.selection
     for gate in OBJECT_GATES:  # the object-token decoding gates the command line may override
-        if getattr(args, gate, None) is not None:
-            setattr(pipe.model.config.objects, gate, getattr(args, gate))
+        value = getattr(args, gate, None)
+        if value is not None:
+            setattr(pipe.model.config.objects, gate, value == "on" if gate == "list_stop" else value)
     proposals = getattr(args, "proposals", "model")
     if args.data == "shapesref":
         items, total = shapesref_items(args.seed, args.count, v2_count), None

@@ -633,6 +633,28 @@ def test_list_sure_keeps_a_listing_going_whatever_the_lm_gives(tiny_tokenizer, l
     assert decoder.banned_next([p.loc_id], logits) == []
 
 
+@pytest.mark.parametrize("list_stop", [True, False])
+def test_list_stop_ends_a_listing_with_nothing_left_to_ground(tiny_tokenizer, list_stop):
+    """objects.list_stop: right after a <loc>, when every proposal a <loc> may choose is grounded
+    (or ruled out by the match gate), the answer may only end -- whatever the LM gives going on;
+    while one is left, nothing changes."""
+    model = _objects_model(tiny_tokenizer)
+    oc = model.config.objects
+    oc.match_gate, oc.list_gate, oc.list_stop = 0.5, 0.0, list_stop
+    decoder, p = _listing_decoder(model, 4.0)  # both proposals asked for
+    logits = torch.full((len(model.tokenizer),), -30.0)
+    logits[7] = 0.0  # the LM goes on
+    decoder._chosen[0] = True
+    assert decoder.banned_next([p.loc_id], logits) == []  # one is left
+    decoder._chosen[1] = True  # nothing left
+    banned = decoder.banned_next([p.loc_id], logits)
+    if list_stop:
+        assert set(range(len(model.tokenizer))) - set(banned) == set(decoder._list_ends)
+    else:
+        assert banned == []
+    assert decoder.banned_next([7], logits) == []  # only right after a <loc>
+
+
 @pytest.mark.parametrize("sure_gate, p_ground, may_ground", [(0.95, 0.99, True), (0.95, 0.9, False), (0.0, 0.99, False)])
 def test_the_sure_gate_lets_a_sure_lm_ground_where_the_match_gate_rules_out_everything(tiny_tokenizer, sure_gate, p_ground,
                                                                                        may_ground):
