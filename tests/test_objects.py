@@ -456,6 +456,12 @@ def test_the_v2_recipe_trains_tiny_objects_on_v1_and_v2_warm_starting_the_percep
     assert sum(v2) > 0.1  # the no-target requests get more than DataConfig's default share
     assert tc.data.clicks_per_image == 0  # the frozen mask head: the click auxiliary would train nothing
     assert tc.warmup < tc.steps
+    assert tc.data.same_target == 0.9  # same-as-a-region requests with a target more often (training only)
+    import json
+
+    shipped = json.loads((Path(__file__).resolve().parent.parent / "checkpoints" / "tiny" / "config.json").read_text())["objects"]
+    recipe = tc.model_overrides["objects"]
+    assert {k: shipped[k] for k in recipe} == recipe  # the recipe's settings are the shipped model's
 
 
 def test_image_tokens_after_the_question(objects_model):
