@@ -80,8 +80,9 @@ class HFBackbone(Backbone):
         model_cls, config_cls = (getattr(transformers, n) for n in self.hf_classes)
         self.model = load_hf_model(model_cls, config_cls, cfg, self.config_key, vocab_size, pretrained)
         self.resize_token_embeddings(vocab_size)
-        if cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+        if cfg.gradient_checkpointing:  # transformers 5 renamed gradient_checkpointing_enable (deprecated)
+            enable = getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
+            enable()
         self.hidden_size = self.model.config.text_config.hidden_size
 
     def get_input_embeddings(self):
