@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     e.add_argument("--list-sure", type=float, default=None,
                    help="override objects.list_sure (after a <loc> the answer may not end while an object not grounded "
                         "yet has at least this match probability, whatever the LM gives; 0: off)")
-    e.add_argument("--list-stop", default=None, choices=["on", "off"],
+    e.add_argument("--list-stop", default=None, type=_on_off, metavar="{on,off}",
                    help="override objects.list_stop (right after a <loc> with no object left to ground, the answer may only end)")
     e.add_argument("--exclusive", default=None, choices=["on", "off"],
                    help="override mask_head.exclusive: each object of an answer takes pixels no earlier one took")
@@ -105,6 +105,13 @@ def main(argv=None) -> int:
         print(write_dataset(args.out_dir, args.seed, args.count))
         return 0
     return 2
+
+
+def _on_off(value: str) -> bool:
+    """An ``on`` / ``off`` command-line value as a bool."""
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
+    return value == "on"
 
 
 def _predict(args) -> int:

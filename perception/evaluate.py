@@ -537,9 +537,8 @@ def run_cli(args) -> int:
     if getattr(args, "selection", None):
         pipe.model.config.objects.selection = args.selection
     for gate in OBJECT_GATES:  # the object-token decoding gates the command line may override
-        value = getattr(args, gate, None)
-        if value is not None:
-            setattr(pipe.model.config.objects, gate, value == "on" if gate == "list_stop" else value)
+        if getattr(args, gate, None) is not None:
+            setattr(pipe.model.config.objects, gate, getattr(args, gate))
     proposals = getattr(args, "proposals", "model")
     if args.data == "shapesref":
         items, total = shapesref_items(args.seed, args.count, v2_count), None

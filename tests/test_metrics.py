@@ -252,3 +252,13 @@ def test_evaluate_cli_rejects_a_negative_v2_count(capsys):
 
     assert main(["evaluate", "--v2-count", "-1"]) == 2
     assert "--v2-count must be >= 0" in capsys.readouterr().err
+
+
+def test_evaluate_cli_reads_list_stop_as_on_or_off(capsys):
+    """--list-stop takes on / off (a bool for objects.list_stop); anything else is refused by name."""
+    from perception.cli import _on_off, main
+
+    assert _on_off("on") is True and _on_off("off") is False
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--list-stop", "maybe"])
+    assert "--list-stop" in capsys.readouterr().err
