@@ -44,7 +44,7 @@ def recording_decoders(records: list):
             super().see_prompt(input_ids, hidden, region_embeds)
             valid = self.state.objects.valid[int(self._bidx)]
             self.record = {"match": [] if self._match is None else [float(m) for m in self._match[valid]],
-                           "p_ground": None, "after_loc": []}
+                           "p_ground": None, "after_loc": [], "decoder": self}  # the decoder: for probes that read its proposals
             records.append(self.record)
 
         def banned_next(self, answer, logits):

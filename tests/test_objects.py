@@ -1157,3 +1157,31 @@ def test_the_same_region_probe_counts_add_up(objects_model):
     rep = sp.probe(Pipeline(objects_model, limits=Limits(max_new_tokens=4)), 12_500_000, 1)
     assert len(rep) == 6 and sum(s["targets"] > 0 or s["none_requests"] > 0 for s in rep.values()) == 6
     assert all(s["found"] <= s["targets"] and s["none_right"] <= s["none_requests"] and 0 <= s["recall"] <= 1 for s in rep.values())
+
+
+def test_the_same_region_probe_places_every_target_in_one_category(objects_model):
+    """bench/same_region_probe.py --misses: each target of a request with one is found, has no
+    proposal, is under the match gate or was left out of the listing -- the counts add up; a drawn
+    region (point, box, mask) leads back to the object it was drawn from."""
+    import importlib.util
+    from pathlib import Path
+
+    from perception import decoding
+    from perception.data.shapesref import REGION_KINDS, _region, draw_scene
+    from perception.limits import Limits
+    from perception.pipeline import Pipeline
+
+    spec = importlib.util.spec_from_file_location("same_region_probe", Path(__file__).resolve().parent.parent / "bench" / "same_region_probe.py")
+    sp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sp)
+    rng = np.random.default_rng(3)
+    scene = draw_scene(rng)
+    for i, o in enumerate(scene.objects):
+        for kind in REGION_KINDS:
+            assert sp.region_object(scene, _region(rng, o, kind)) == i, kind
+    before = decoding.answer_decoder
+    rep = sp.misses(Pipeline(objects_model, limits=Limits(max_new_tokens=4)), 12_500_000, 3)
+    assert decoding.answer_decoder is before
+    assert set(rep["by"]) == set(sp.LOST) and sum(r["n"] for r in rep["by"].values()) == rep["targets"] > 0
+    assert abs(sum(r["share"] for r in rep["by"].values()) - 1) < 1e-9
+
