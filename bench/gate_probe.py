@@ -80,8 +80,9 @@ def collect(pipe, seed: int, count: int) -> list:
         answer = pipe.chat(gt["image"], turn.user, history=history, regions=turn.regions)
         kind = ("none" if turn.task in NO_TARGET_TASKS or turn.task == "same_as_region" and not turn.targets
                 else "target" if turn.targets else "other")
-        rows.append({"task": turn.task, "kind": kind, "grounded": len(answer.objects), "targets": len(turn.targets or []),
-                     **(records[n] if len(records) > n else {"match": [], "p_ground": None, "after_loc": []})})
+        record = records[n] if len(records) > n else {"match": [], "p_ground": None, "after_loc": []}
+        record.pop("decoder", None)  # rows outlive the turn: they keep no image state
+        rows.append({"task": turn.task, "kind": kind, "grounded": len(answer.objects), "targets": len(turn.targets or []), **record})
         return answer
 
     try:

@@ -37,11 +37,18 @@ sys.path.insert(0, str(ROOT / "bench"))  # gate_probe
 ATTRIBUTES = ("color", "shape")
 
 
+def scene_object(mask: np.ndarray, scene) -> int | None:
+    """The index of the scene object that ``mask`` (H, W pixels) has mask IoU >= 0.5 with, or None."""
+    from perception.geometry import mask_iou
+
+    ious = [mask_iou(mask, o.mask) for o in scene.objects]
+    return int(np.argmax(ious)) if max(ious) >= 0.5 else None
+
+
 def probe(pipe, seed: int, count: int) -> dict:
     """{"attribute/kind": {"targets", "found", "grounded", "recall", "precision", "none_requests", "none_right"}}."""
     from perception.data import shapesref_v2 as v2
     from perception.data.shapesref import REGION_KINDS, draw_scene
-    from perception.geometry import mask_iou
 
     stats = {f"{a}/{k}": {"targets": 0, "found": 0, "grounded": 0, "none_requests": 0, "none_right": 0}
              for a in ATTRIBUTES for k in REGION_KINDS}
@@ -52,11 +59,7 @@ def probe(pipe, seed: int, count: int) -> dict:
             for kind in REGION_KINDS:
                 turn = v2.same_as_region(scene, rng, attribute=attribute, region_kind=kind)
                 answer = pipe.chat(scene.image, turn.user, regions=turn.regions)
-                got = set()
-                for o in answer.objects:
-                    ious = [mask_iou(o.mask, t.mask) for t in scene.objects]
-                    if max(ious) >= 0.5:
-                        got.add(int(np.argmax(ious)))
+                got = {i for i in (scene_object(o.mask, scene) for o in answer.objects) if i is not None}
                 s = stats[f"{attribute}/{kind}"]
                 if turn.targets:
                     s["targets"] += len(turn.targets)
@@ -95,7 +98,6 @@ def misses(pipe, seed: int, count: int) -> dict:
 
     from perception.data import shapesref_v2 as v2
     from perception.data.shapesref import REGION_KINDS, draw_scene
-    from perception.geometry import mask_iou
 
     groups = [list(g) for g in pipe.model.config.token_aux.attributes]
     column = {a: next(i for i, g in enumerate(groups) if w in g) for a, w in (("color", "red"), ("shape", "circle"))}
@@ -121,11 +123,10 @@ def misses(pipe, seed: int, count: int) -> dict:
                     b, objs = int(d._bidx), d.state.objects
                     slot = {}  # scene object -> its proposal
                     for j in objs.valid[b].nonzero().flatten().tolist():
-                        ious = [mask_iou(objs.pixel_mask(b, j, d.frame, thr), o.mask) for o in scene.objects]
-                        if max(ious) >= 0.5:
-                            slot.setdefault(int(np.argmax(ious)), j)
-                    got = {int(np.argmax([mask_iou(o.mask, t.mask) for t in scene.objects])) for o in answer.objects
-                           if max(mask_iou(o.mask, t.mask) for t in scene.objects) >= 0.5}
+                        i_obj = scene_object(objs.pixel_mask(b, j, d.frame, thr), scene)
+                        if i_obj is not None:
+                            slot.setdefault(i_obj, j)
+                    got = {i for i in (scene_object(o.mask, scene) for o in answer.objects) if i is not None}
 
                     def feats(j):  # a model whose scores read no relation features has none to report
                         f = d._features if d.model.config.objects.relation_scores else None
@@ -136,15 +137,15 @@ def misses(pipe, seed: int, count: int) -> dict:
                     mine = region_object(scene, turn.regions[0])
                     for t in turn.targets:
                         j = slot.get(t)
+                        f = {} if j is None else feats(j)
                         if t in got:
                             c = "found"
                         elif j is None:
                             c = "no proposal"
                         else:
-                            c = "match gate" if feats(j)["match"] < gate else "listing ended"
+                            c = "match gate" if f["match"] < gate else "listing ended"
                         a, r = scene.objects[t], scene.objects[mine]
-                        look_alike = a.color == r.color and a.shape == r.shape
-                        seen[c].append({"look_alike": look_alike, **({} if j is None else feats(j))})
+                        seen[c].append({"look_alike": a.color == r.color and a.shape == r.shape, **f})
                     if mine in slot:
                         own.append(feats(slot[mine]))
     finally:
