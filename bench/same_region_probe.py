@@ -45,29 +45,37 @@ def scene_object(mask: np.ndarray, scene) -> int | None:
     return int(np.argmax(ious)) if max(ious) >= 0.5 else None
 
 
-def probe(pipe, seed: int, count: int) -> dict:
-    """{"attribute/kind": {"targets", "found", "grounded", "recall", "precision", "none_requests", "none_right"}}."""
+def requests(seed: int, count: int):
+    """(scene, attribute, region kind, turn) for every request of the probes: ``count`` scenes
+    (scene i from ``default_rng(seed + i)``), each asked once per attribute and region kind."""
     from perception.data import shapesref_v2 as v2
     from perception.data.shapesref import REGION_KINDS, draw_scene
 
-    stats = {f"{a}/{k}": {"targets": 0, "found": 0, "grounded": 0, "none_requests": 0, "none_right": 0}
-             for a in ATTRIBUTES for k in REGION_KINDS}
     for i in range(count):
         rng = np.random.default_rng(seed + i)
         scene = draw_scene(rng)
         for attribute in ATTRIBUTES:
             for kind in REGION_KINDS:
-                turn = v2.same_as_region(scene, rng, attribute=attribute, region_kind=kind)
-                answer = pipe.chat(scene.image, turn.user, regions=turn.regions)
-                got = {i for i in (scene_object(o.mask, scene) for o in answer.objects) if i is not None}
-                s = stats[f"{attribute}/{kind}"]
-                if turn.targets:
-                    s["targets"] += len(turn.targets)
-                    s["found"] += len(got & set(turn.targets))
-                    s["grounded"] += len(answer.objects)
-                else:
-                    s["none_requests"] += 1
-                    s["none_right"] += not answer.objects
+                yield scene, attribute, kind, v2.same_as_region(scene, rng, attribute=attribute, region_kind=kind)
+
+
+def probe(pipe, seed: int, count: int) -> dict:
+    """{"attribute/kind": {"targets", "found", "grounded", "recall", "precision", "none_requests", "none_right"}}."""
+    from perception.data.shapesref import REGION_KINDS
+
+    stats = {f"{a}/{k}": {"targets": 0, "found": 0, "grounded": 0, "none_requests": 0, "none_right": 0}
+             for a in ATTRIBUTES for k in REGION_KINDS}
+    for scene, attribute, kind, turn in requests(seed, count):
+        answer = pipe.chat(scene.image, turn.user, regions=turn.regions)
+        got = {i for i in (scene_object(o.mask, scene) for o in answer.objects) if i is not None}
+        s = stats[f"{attribute}/{kind}"]
+        if turn.targets:
+            s["targets"] += len(turn.targets)
+            s["found"] += len(got & set(turn.targets))
+            s["grounded"] += len(answer.objects)
+        else:
+            s["none_requests"] += 1
+            s["none_right"] += not answer.objects
     for s in stats.values():
         s["recall"] = s["found"] / max(1, s["targets"])
         s["precision"] = s["found"] / max(1, s["grounded"])
@@ -96,9 +104,6 @@ def misses(pipe, seed: int, count: int) -> dict:
     (only those with a target are asked). Categories: ``LOST``."""
     from gate_probe import recording_decoders
 
-    from perception.data import shapesref_v2 as v2
-    from perception.data.shapesref import REGION_KINDS, draw_scene
-
     groups = [list(g) for g in pipe.model.config.token_aux.attributes]
     column = {a: next(i for i, g in enumerate(groups) if w in g) for a, w in (("color", "red"), ("shape", "circle"))}
     cosine_col = len(groups)  # region_relations' features: G same-word probabilities, cosine, 1
@@ -109,45 +114,40 @@ def misses(pipe, seed: int, count: int) -> dict:
     records = []
     undo = recording_decoders(records)
     try:
-        for i in range(count):
-            rng = np.random.default_rng(seed + i)
-            scene = draw_scene(rng)
-            for attribute in ATTRIBUTES:
-                for kind in REGION_KINDS:
-                    turn = v2.same_as_region(scene, rng, attribute=attribute, region_kind=kind)
-                    if not turn.targets:
-                        continue
-                    del records[:]
-                    answer = pipe.chat(scene.image, turn.user, regions=turn.regions)
-                    d = records[-1]["decoder"]
-                    b, objs = int(d._bidx), d.state.objects
-                    slot = {}  # scene object -> its proposal
-                    for j in objs.valid[b].nonzero().flatten().tolist():
-                        i_obj = scene_object(objs.pixel_mask(b, j, d.frame, thr), scene)
-                        if i_obj is not None:
-                            slot.setdefault(i_obj, j)
-                    got = {i for i in (scene_object(o.mask, scene) for o in answer.objects) if i is not None}
+        for scene, attribute, kind, turn in requests(seed, count):
+            if not turn.targets:
+                continue
+            del records[:]
+            answer = pipe.chat(scene.image, turn.user, regions=turn.regions)
+            d = records[-1]["decoder"]
+            b, objs = int(d._bidx), d.state.objects
+            slot = {}  # scene object -> its proposal
+            for j in objs.valid[b].nonzero().flatten().tolist():
+                i_obj = scene_object(objs.pixel_mask(b, j, d.frame, thr), scene)
+                if i_obj is not None:
+                    slot.setdefault(i_obj, j)
+            got = {i for i in (scene_object(o.mask, scene) for o in answer.objects) if i is not None}
 
-                    def feats(j):  # a model whose scores read no relation features has none to report
-                        f = d._features if d.model.config.objects.relation_scores else None
-                        return {"match": 1.0 if d._match is None else float(d._match[j]),
-                                "same_word": None if f is None else float(f[j, column[attribute]]),
-                                "cosine": None if f is None else float(f[j, cosine_col])}
+            def feats(j):  # a model whose scores read no relation features has none to report
+                f = d._features if d.model.config.objects.relation_scores else None
+                return {"match": 1.0 if d._match is None else float(d._match[j]),
+                        "same_word": None if f is None else float(f[j, column[attribute]]),
+                        "cosine": None if f is None else float(f[j, cosine_col])}
 
-                    mine = region_object(scene, turn.regions[0])
-                    for t in turn.targets:
-                        j = slot.get(t)
-                        f = {} if j is None else feats(j)
-                        if t in got:
-                            c = "found"
-                        elif j is None:
-                            c = "no proposal"
-                        else:
-                            c = "match gate" if f["match"] < gate else "listing ended"
-                        a, r = scene.objects[t], scene.objects[mine]
-                        seen[c].append({"look_alike": a.color == r.color and a.shape == r.shape, **f})
-                    if mine in slot:
-                        own.append(feats(slot[mine]))
+            mine = region_object(scene, turn.regions[0])
+            for t in turn.targets:
+                j = slot.get(t)
+                f = {} if j is None else feats(j)
+                if t in got:
+                    c = "found"
+                elif j is None:
+                    c = "no proposal"
+                else:
+                    c = "match gate" if f["match"] < gate else "listing ended"
+                a, r = scene.objects[t], scene.objects[mine]
+                seen[c].append({"look_alike": a.color == r.color and a.shape == r.shape, **f})
+            if mine in slot:
+                own.append(feats(slot[mine]))
     finally:
         undo()
 
