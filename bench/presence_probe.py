@@ -99,7 +99,7 @@ def relation_separation(pipe, seed: int, count: int) -> dict:
             objs = turn.state.objects
             is_obj = turn.input_ids == p.object_id
             f = model.object_tokens._relation_features(turn.input_ids, is_obj, p.region_id, turn.region_embeds, objs,
-                                                       getattr(model, "region_aux", None))  # (K, G + 2), one turn
+                                                       getattr(model, "region_aux", None))  # (K, relation_feature_count), one turn
             slots = objs.valid[0].nonzero().flatten().tolist()
             props = [objs.pixel_mask(0, j, turn.decoder.frame, model.config.mask_head.mask_threshold) for j in slots]
             match = match_proposals(props, [o.mask for o in scene.objects])

@@ -147,6 +147,7 @@ class ObjectTokensConfig:
     bidirectional: bool = False  # a turn's object tokens attend to one another both ways (the LM stays causal elsewhere): the first token can compare itself with the last ("the largest", "the leftmost")
     region_relation: bool = False  # each object token also gets a learned projection of how it relates to its turn's regions: same attribute words (the region read-out), same object (ObjectTokens.region_relations)
     relation_scores: bool = False  # the match scores and the pointer also read the region relation's features directly: the deciding state (the turn's decision state, a <loc>'s state) weighs them through a zero-initialised Linear (needs region_relation)
+    region_overlap: bool = False  # the region relation's features also hold the box IoU of the turn's region with each object: "the same object" by place, where a look-alike reads nearly the same as the region's own object in appearance (needs region_relation)
     position_scores: bool = False  # the match scores and the pointer also read each object's place among its image's (centre and rank along x and y: objects.set_positions), weighed the same way ("the leftmost ...")
     own_proposals: float = 0.0  # training: probability that an image's object tokens come from the model's own proposals (matched ground truth keeps its slot; see ObjectTokens.from_batch)
 

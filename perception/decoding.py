@@ -63,7 +63,7 @@ class ObjectDecoder:
         self._claimed = np.zeros((frame.height, frame.width), bool)  # pixels earlier <loc>s took
 
     def see_prompt(self, input_ids: torch.Tensor, hidden: torch.Tensor, region_embeds=None) -> None:
-        """The prompt's ids (T,), last-layer states (T, D) and region embeddings (R, D) or None, once
+        """The prompt's ids (T,), last-layer states (T, D) and region embeddings (RegionEmbeds) or None, once
         before the first ``<loc>`` (generation calls it for every decoder); this decoder needs none."""
 
     def banned_first(self) -> list:

@@ -127,7 +127,7 @@ def generate_batch(model, states: list, input_ids: list, region_embeds: list, de
     still generating; the return value (StopIteration.value) is a list of B Generated, in order.
 
     states[b]: the ImageState of row b's image (one image); input_ids[b]: (1, T_b) ids;
-    region_embeds[b]: (R_b, D) or None; decoders[b]: row b's answer decoder (required: each row
+    region_embeds[b]: row b's RegionEmbeds or None; decoders[b]: row b's answer decoder (required: each row
     decodes its ``<loc>``s against its own image and frame); loc_feedback[b]: row b's prompt
     ``<loc>`` feedback or None (None: none for any row).
 

@@ -184,6 +184,18 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def pairwise_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of every corner box of ``a`` (R, 4) with every one of ``b`` (K, 4), same frame -> (R, K)
+    (0 where the union is empty)."""
+    a, b = a.float(), b.float()
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = lambda x: (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0)
+    union = area(a)[:, None] + area(b)[None] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two bool masks of the same shape (1.0 when both are empty)."""
     union = np.logical_or(a, b).sum()

@@ -25,6 +25,7 @@ from perception.heads import BoxHead, RegionEncoder, build_mask_head
 from perception.heads.aux import AuxInputs, enabled_aux_heads
 from perception.objects import ensure_object_token, object_attention_mask, object_slots, placeholder_values
 from perception.prompting import IGNORE, PromptEncoder, image_after_question
+from perception.regions import RegionEmbeds
 
 
 def perception_states(hidden: torch.Tensor, input_ids: torch.Tensor, loc_id: int):
@@ -132,7 +133,8 @@ class PerceptionModel(nn.Module):
         return state
 
     def encode_regions(self, state: ImageState, regions):
-        """``Regions`` (perception/regions.py, normalised model frame) -> (R, D) embeddings, or None.
+        """``Regions`` (perception/regions.py, normalised model frame) -> ``RegionEmbeds`` (the (R, D)
+        embeddings and the (R, 4) boxes they encode), or None.
 
         Point regions become masks through the click path first, the component at the click only
         (``use_mask`` keeps the given mask instead: training teacher-forces some clicks); a click's box is its mask's tight box (a
@@ -155,10 +157,11 @@ class PerceptionModel(nn.Module):
             around = context_boxes(regions.points[sel].repeat(1, 2).float(), 0.0, min_side=0.1)
             boxes = boxes.clone()
             boxes[sel] = torch.where(ok[:, None], pbox, around).to(boxes.dtype)
-        return self.region_encoder(boxes, masks, state.mask.pixels[regions.bidx])
+        return RegionEmbeds(self.region_encoder(boxes, masks, state.mask.pixels[regions.bidx]), boxes.float())
 
     def embed(self, input_ids, state: ImageState, region_embeds=None, loc_feedback=None):
-        """(B, T) ids -> (B, T, D) input embeddings with image and region embeddings merged.
+        """(B, T) ids -> (B, T, D) input embeddings with image and region embeddings merged
+        (region_embeds: ``RegionEmbeds`` of the ``<region>`` placeholders, or None).
 
         loc_feedback: optional (tuple of ``is_fed`` (K,) bool over the <loc> tokens in row-major
         order, embeddings (F, D) for the fed ones), added to those <loc> input embeddings.
@@ -166,7 +169,8 @@ class PerceptionModel(nn.Module):
         emb = self.backbone.embed_tokens(input_ids)
         has_image = (input_ids == self.prompts.image_id).any(1)
         img = state.visual.tokens[has_image].reshape(-1, emb.shape[-1]) if has_image.any() else None
-        parts = [(self.prompts.image_id, img, "image"), (self.prompts.region_id, region_embeds, "region")]
+        regs = region_embeds.vectors if region_embeds is not None else None
+        parts = [(self.prompts.image_id, img, "image"), (self.prompts.region_id, regs, "region")]
         if self.prompts.object_id is not None:
             values = placeholder_values(input_ids, self.prompts.object_id, state.objects)
             if self.object_tokens.relation is not None:

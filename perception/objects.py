@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perception.geometry import boxes_of_masks, components_at, mask_at_click, mask_iou
+from perception.geometry import boxes_of_masks, components_at, mask_at_click, mask_iou, pairwise_box_iou
 from perception.heads.proposals import ProposalHead, centre_focal_loss, centre_heatmap, heatmap_peaks
 from perception.prompting import IGNORE
 from perception.regions import box_mask
@@ -126,11 +126,19 @@ def set_positions(boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.cat([2 * c - 1, rank], -1) * valid[..., None]
 
 
+def relation_feature_count(cfg) -> int:
+    """The region relation's features per object token (``ObjectTokens.region_relations``): G
+    same-word probabilities (G attribute groups), the cosine, with ``objects.region_overlap`` the
+    box IoU, and a last 1 (the object token's turn has a region)."""
+    return len(cfg.token_aux.attributes) + 2 + (1 if cfg.objects.region_overlap else 0)
+
+
 def score_feature_count(cfg) -> int:
     """F, the features per object token the scores read directly (``ObjectTokens.score_features``):
-    G + 2 with ``objects.relation_scores`` (G attribute groups), plus 4 with ``objects.position_scores``."""
+    the region relation's (``relation_feature_count``) with ``objects.relation_scores``, plus 4 with
+    ``objects.position_scores``."""
     oc = cfg.objects
-    return (len(cfg.token_aux.attributes) + 2 if oc.relation_scores else 0) + (4 if oc.position_scores else 0)
+    return (relation_feature_count(cfg) if oc.relation_scores else 0) + (4 if oc.position_scores else 0)
 
 
 def turn_rows(is_obj: torch.Tensor, k: int) -> torch.Tensor:
@@ -291,14 +299,15 @@ class ObjectTokens(nn.Module):
         # each object token's relation to the regions of its turn (objects.region_relation; region_relations)
         self.relation = None
         if oc.region_relation:
-            self.relation = nn.Linear(len(cfg.token_aux.attributes) + 2, dim)
+            self.relation = nn.Linear(relation_feature_count(cfg), dim)
             nn.init.zeros_(self.relation.weight)
             nn.init.zeros_(self.relation.bias)
         # features the scores read directly, weighed by the deciding state (score_features, feature_bonus):
         # the region relation's (objects.relation_scores) and the object's place among its image's (objects.position_scores)
         self.score_weights = None
-        if oc.relation_scores and not oc.region_relation:
-            raise ValueError("objects.relation_scores reads the region relation's features: set objects.region_relation as well")
+        for opt in ("relation_scores", "region_overlap"):
+            if getattr(oc, opt) and not oc.region_relation:
+                raise ValueError(f"objects.{opt} needs the region relation's features: set objects.region_relation as well")
         width = score_feature_count(cfg)
         if width:
             self.score_weights = nn.ModuleDict({k: nn.Linear(dim, width) for k in ("match", "pointer")})
@@ -408,10 +417,12 @@ class ObjectTokens(nn.Module):
         for empty slots; else ``relation`` of the mean over the turn's regions of the features
         [per attribute group, the probability that region and object read the same word (``readout``:
         the RegionAttributes head, whose read-out both embeddings are trained for; 0 without it),
-        cosine(region embedding, object code) (1: the region *is* this object), 1].
+        cosine(region embedding, object code) (1: the region *is* this object), with
+        ``objects.region_overlap`` the IoU of the region's box with the object's (the same object by
+        place: a look-alike elsewhere has 0), 1] (``relation_feature_count``).
 
         A turn's regions are the ``<region>`` ids after the previous turn's object tokens and before
-        its own. input_ids (B, T); region_embeds (R, D) in row-major placeholder order, or None.
+        its own. input_ids (B, T); region_embeds: ``RegionEmbeds`` in row-major placeholder order, or None.
         The features carry no gradient (their parts are trained by their own losses); ``relation``
         learns which matter for what the turn asks ("the same colour as <region1>", "it").
         """
@@ -424,19 +435,19 @@ class ObjectTokens(nn.Module):
     def score_features(self, input_ids, object_id: int, region_id: int, region_embeds, objects: ObjectSet, readout=None):
         """(B, T, F): at each ``<obj>`` position the features the match scores and the pointer read
         directly (``feature_bonus``; zeros elsewhere and in empty slots), or None for a model whose
-        scores read none. F = ``score_feature_count``: with ``objects.relation_scores`` the G + 2
-        features ``region_relations`` projects (zeros in turns without a region), then with
+        scores read none. F = ``score_feature_count``: with ``objects.relation_scores`` the
+        features ``region_relations`` projects (``relation_feature_count``) (zeros in turns without a region), then with
         ``objects.position_scores`` the 4 of ``set_positions`` (the object's place among its image's)."""
         if self.score_weights is None:
             return None
-        oc, G = self.cfg.objects, len(self.cfg.token_aux.attributes)
+        oc, R = self.cfg.objects, relation_feature_count(self.cfg)
         is_obj = input_ids == object_id
         out = torch.zeros(*input_ids.shape, score_feature_count(self.cfg), device=input_ids.device)
         col = 0
         if oc.relation_scores:
             if region_embeds is not None and len(region_embeds) and objects.codes is not None:
-                out[..., :G + 2][is_obj] = self._relation_features(input_ids, is_obj, region_id, region_embeds, objects, readout)
-            col = G + 2
+                out[..., :R][is_obj] = self._relation_features(input_ids, is_obj, region_id, region_embeds, objects, readout)
+            col = R
         if oc.position_scores:
             place = set_positions(objects.boxes, objects.valid)  # (B, K, 4)
             # each turn's K tokens are its image's K slots in order
@@ -451,32 +462,35 @@ class ObjectTokens(nn.Module):
 
     @torch.no_grad()
     def _relation_features(self, input_ids, is_obj, region_id, region_embeds, objects: ObjectSet, readout):
-        """(n, G + 2) features for the n ``<obj>`` ids in row-major order (``region_relations``)."""
-        K, G = self.k, len(self.cfg.token_aux.attributes)
+        """(n, ``relation_feature_count``) features for the n ``<obj>`` ids in row-major order (``region_relations``)."""
+        K, G, W = self.k, len(self.cfg.token_aux.attributes), relation_feature_count(self.cfg)
         is_reg = input_ids == region_id
         feats, r0 = [], 0
         for b in range(input_ids.shape[0]):
             starts = is_obj[b].nonzero().flatten().view(-1, K)[:, 0].contiguous()  # (turns,) each turn's first <obj>
             rpos = is_reg[b].nonzero().flatten()
-            regs = region_embeds[r0:r0 + len(rpos)].float()
+            regs = region_embeds.vectors[r0:r0 + len(rpos)].float()
+            rboxes = region_embeds.boxes[r0:r0 + len(rpos)]
             r0 += len(rpos)
-            f = torch.zeros(len(starts), K, G + 2, device=input_ids.device)
+            f = torch.zeros(len(starts), K, W, device=input_ids.device)
             turn = torch.searchsorted(starts, rpos)  # the turn whose object tokens follow each region
             keep = turn < len(starts)
             if bool(keep.any()):
-                regs, turn = regs[keep], turn[keep]
+                regs, rboxes, turn = regs[keep], rboxes[keep], turn[keep]
                 codes, R = objects.codes[b].float(), len(turn)
                 if readout is not None and G:
                     pr, po = (readout.probabilities(x)[:G] for x in (regs, codes))
                     same = torch.stack([a[..., 1:] @ o[..., 1:].T for a, o in zip(pr, po)], -1)  # (R, K, G), "none" left out
                 else:
                     same = regs.new_zeros(R, K, G)
-                cos = F.cosine_similarity(regs[:, None], codes[None], dim=-1)[..., None]  # (R, K, 1)
-                pair = torch.cat([same, cos, regs.new_ones(R, K, 1)], -1) * objects.valid[b][None, :, None]
+                parts = [same, F.cosine_similarity(regs[:, None], codes[None], dim=-1)[..., None]]  # (R, K, G), (R, K, 1)
+                if self.cfg.objects.region_overlap:
+                    parts.append(pairwise_box_iou(rboxes, objects.boxes[b])[..., None].to(regs.dtype))  # (R, K, 1)
+                pair = torch.cat(parts + [regs.new_ones(R, K, 1)], -1) * objects.valid[b][None, :, None]
                 f.index_add_(0, turn, pair)
                 f /= torch.bincount(turn, minlength=len(starts)).clamp(min=1)[:, None, None]  # the mean over the turn's regions
             feats.append(f.flatten(0, 1))
-        return torch.cat(feats) if feats else torch.zeros(0, G + 2, device=input_ids.device)
+        return torch.cat(feats) if feats else torch.zeros(0, W, device=input_ids.device)
 
     # --- training (auxiliary-head interface, perception/heads/aux.py) -------------------------
     @staticmethod

@@ -340,7 +340,7 @@ class _Turn:
     history: list  # the messages-format history given
     state: object  # ImageState of the image (a batch of one)
     input_ids: torch.Tensor  # (1, T) the prompt, oldest history turns dropped to fit the context
-    region_embeds: object  # (R, D) embeddings of every live <region> in the prompt, or None
+    region_embeds: object  # RegionEmbeds of every live <region> in the prompt ((R, D) vectors, their boxes), or None
     max_new: int  # new tokens allowed
     decoder: object  # the answer decoder (perception.decoding.answer_decoder) for this image and frame
     loc_feedback: object = None  # the history's <loc> feedback (Pipeline._history_feedback) or None

@@ -70,6 +70,24 @@ class Regions:
         )
 
 
+@dataclass
+class RegionEmbeds:
+    """The encoded regions of a prompt or batch (``PerceptionModel.encode_regions``), in row-major
+    ``<region>`` placeholder order.
+
+    vectors: (R, D) the embeddings that stand in the ``<region>`` placeholders.
+    boxes:   (R, 4) float normalised model-frame corners of what each embedding encodes (a click's:
+             its mask's tight box), for features that compare a region with the image's objects by
+             place (``objects.region_overlap``).
+    """
+
+    vectors: torch.Tensor
+    boxes: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+
 def region_geometry(region, frame: ImageFrame, side: int) -> dict:
     """A Region in pixels -> {"is_point", "boxes" (4,), "masks" (side, side), "points" (2,)} in the
     normalised model frame; a box's mask is the filled box, a point's mask is left empty."""

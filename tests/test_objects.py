@@ -586,6 +586,7 @@ def _listing_decoder(model, match_bias, text="Find all the objects."):
     (a ``<region1>`` in ``text`` is a zero region embedding)."""
     from perception.data.shapesref import make_sample
     from perception.decoding import answer_decoder
+    from perception.regions import RegionEmbeds
 
     sample = make_sample(11, tasks=["ground_A"], n_objects=2)
     frame, state, _ = _state_with_truths(model, sample)
@@ -593,7 +594,8 @@ def _listing_decoder(model, match_bias, text="Find all the objects."):
     ids = torch.tensor([p.encode([(text, None)], add_generation_prompt=True).input_ids])
     model.object_tokens.match.forward = lambda decision, object_states: torch.full(object_states.shape[:2], match_bias)
     decoder = answer_decoder(model, state, frame)
-    regions = torch.zeros(int((ids == p.region_id).sum()), model.backbone.hidden_size) if "<region" in text else None
+    R = int((ids == p.region_id).sum())
+    regions = RegionEmbeds(torch.zeros(R, model.backbone.hidden_size), torch.zeros(R, 4)) if R else None
     with torch.no_grad():
         emb = model.embed(ids, state, regions)
         _, hidden, _ = model.backbone.forward_embeds(emb)
@@ -799,15 +801,19 @@ def test_the_proposal_and_presence_probes_run_on_an_object_token_model(objects_m
     assert all(0.0 <= v["top_match"] <= 1.0 and 0.0 <= v["p_ground_first"] <= 1.0 for v in rep.values())
 
 
-def test_object_tokens_read_their_relation_to_the_turns_region(tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_object_tokens_read_their_relation_to_the_turns_region(tiny_tokenizer, tmp_path, overlap):
     """objects.region_relation: the object tokens of a turn that names a region get relation(features)
-    added -- the same object scores cosine 1 -- and the other turns' tokens and empty slots do not."""
+    added -- the same object scores cosine 1 (with objects.region_overlap also box IoU 1, and the
+    others their IoU with it, 0 apart) -- and the other turns' tokens and empty slots do not."""
     from perception.data.shapesref import make_sample
+    from perception.geometry import pairwise_box_iou
     from perception.model import PerceptionModel
+    from perception.regions import RegionEmbeds
 
     cfg = get_preset("tiny-objects")
     assert not cfg.objects.region_relation  # an option (docs/RESULTS.md: not in the shipped recipe)
-    cfg.objects = dataclasses.replace(cfg.objects, region_relation=True)
+    cfg.objects = dataclasses.replace(cfg.objects, region_relation=True, region_overlap=overlap)
     torch.manual_seed(0)
     model = PerceptionModel(cfg, tiny_tokenizer).eval()
     assert model.object_tokens.relation is not None
@@ -819,7 +825,8 @@ def test_object_tokens_read_their_relation_to_the_turns_region(tiny_tokenizer, t
         enc = model.prompts.encode([("Find the objects with the same color as <region1>.", "no"), ("And the stars?", None)],
                                    add_generation_prompt=True)
         ids = torch.tensor([enc.input_ids])
-        region = model.region_encoder(state.objects.boxes[0, 1:2], masks[0, 1:2], state.mask.pixels)  # object 1's own region
+        box = state.objects.boxes[0, 1:2]
+        region = RegionEmbeds(model.region_encoder(box, masks[0, 1:2], state.mask.pixels), box)  # object 1's own region
         plain = model.embed(ids, state, region)
         is_obj = ids == model.prompts.object_id
         feats = ot._relation_features(ids, is_obj, model.prompts.region_id, region, state.objects, model.region_aux)
@@ -829,10 +836,15 @@ def test_object_tokens_read_their_relation_to_the_turns_region(tiny_tokenizer, t
         finally:
             torch.nn.init.zeros_(ot.relation.weight)
     G = len(model.config.token_aux.attributes)
-    assert feats.shape == (2 * K, G + 2)
+    assert feats.shape == (2 * K, G + 2 + overlap)
     assert torch.allclose(feats[1, G], torch.tensor(1.0), atol=1e-5)  # cosine with the region's own object
     assert bool((feats[:n, G] < feats[1, G] + 1e-6).all()) and bool((feats[:n, :G] >= 0).all() & (feats[:n, :G] <= 1).all())
     assert (feats[n:K] == 0).all() and (feats[K:] == 0).all()  # empty slots; the turn without a region
+    assert (feats[:n, -1] == 1).all()  # the "this turn has a region" column stays last
+    if overlap:
+        iou = feats[:n, G + 1]
+        assert torch.allclose(iou, pairwise_box_iou(box, state.objects.boxes[0, :n])[0], atol=1e-6)
+        assert torch.allclose(iou[1], torch.tensor(1.0)) and bool((iou[torch.arange(n) != 1] < 0.5).all())
     at = is_obj[0].nonzero().flatten()
     changed = (related[0, at] - plain[0, at]).abs().amax(-1) > 1e-6
     assert changed.tolist() == [True] * n + [False] * (K - n) + [False] * K
@@ -952,10 +964,13 @@ def test_tiny_llava_with_bidirectional_object_tokens_trains_and_chats(tiny_token
     assert [a.raw for a in pipe.chat_batch([scene.image] * 2, msgs, max_new_tokens=6)] == [pipe.chat(scene.image, m, max_new_tokens=6).raw for m in msgs]
 
 
-def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_pointer(tiny_tokenizer, scene, tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_pointer(tiny_tokenizer, scene, tmp_path, overlap):
     """objects.relation_scores: zero at the start (the scores are the plain ones), trained by the
     match and pointer losses on same-as-a-region samples, read at inference for the turn's regions,
-    kept by save/load; and refused without objects.region_relation."""
+    kept by save/load; and refused without objects.region_relation (as is objects.region_overlap).
+    With region_overlap a clicked object's proposal reads its box IoU with the click's mask (near 1),
+    the other objects theirs (near 0)."""
     from perception.checkpoint import from_pretrained, save_pretrained
     from perception.data.collate import Collator
     from perception.data.shapesref import make_sample
@@ -964,10 +979,10 @@ def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_po
     from perception.types import Region
 
     cfg = get_preset("tiny-objects")
-    cfg.objects = dataclasses.replace(cfg.objects, relation_scores=True)
-    with pytest.raises(ValueError, match="region_relation"):
-        PerceptionModel(cfg, tiny_tokenizer)
-    cfg.objects = dataclasses.replace(cfg.objects, region_relation=True)
+    for opt in ("relation_scores", "region_overlap"):
+        with pytest.raises(ValueError, match="region_relation"):
+            PerceptionModel(dataclasses.replace(cfg, objects=dataclasses.replace(cfg.objects, **{opt: True})), tiny_tokenizer)
+    cfg.objects = dataclasses.replace(cfg.objects, relation_scores=True, region_relation=True, region_overlap=overlap)
     torch.manual_seed(0)
     model = PerceptionModel(cfg, tiny_tokenizer)
     ot = model.object_tokens
@@ -982,6 +997,8 @@ def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_po
     image = scene.image
     ys, xs = np.nonzero(scene.masks[0])
     region = Region(point=(int(xs[len(xs) // 2]), int(ys[len(ys) // 2])))
+    if overlap:  # an untrained click path's mask is noise; a mask region is object 0 exactly
+        region = Region(mask=scene.masks[0])
     seen = {}
     from perception.decoding import PointerDecoder
 
@@ -997,8 +1014,12 @@ def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_po
         pipe.use_objects(image, list(scene.masks[:3]))
         pipe.chat(image, "Find all the objects with the same color as <region1>.", regions=[region], max_new_tokens=4)
         zero_match = seen["match"].clone()
-        K, F = ot.k, len(cfg.token_aux.attributes) + 2
+        G = len(cfg.token_aux.attributes)
+        K, F = ot.k, G + 2 + overlap
         assert seen["relations"].shape == (K, F) and bool((seen["relations"][:3, -1] == 1).all())  # three objects, one region
+        if overlap:  # the region is object 0, whose mask is slot 0
+            iou = seen["relations"][:3, G + 1]
+            assert float(iou[0]) > 0.9 and bool((iou[1:] < 0.3).all()), iou
         torch.nn.init.normal_(ot.score_weights["match"].weight)
         pipe.chat(image, "Find all the objects with the same color as <region1>.", regions=[region], max_new_tokens=4)
         assert not torch.allclose(seen["match"][:3], zero_match[:3])  # the features now move the scores
@@ -1007,7 +1028,7 @@ def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_po
     finally:
         PointerDecoder.see_prompt = real
     back = from_pretrained(save_pretrained(model, tmp_path / "m"))
-    assert back.config.objects.relation_scores
+    assert back.config.objects.relation_scores and back.config.objects.region_overlap == overlap
     assert torch.equal(back.object_tokens.score_weights["match"].weight, ot.score_weights["match"].weight)
 
 

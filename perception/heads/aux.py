@@ -39,7 +39,7 @@ class AuxInputs:
     """What an auxiliary head reads from a training forward pass.
 
     hidden (B, T, D) last-layer states; input_ids (B, T); image_id: the image placeholder id;
-    region_embeds (R, D) or None; fed (K,) bool over the batch's <loc>s, feedback (F, D) the
+    region_embeds (``RegionEmbeds``: (R, D) vectors, (R, 4) boxes) or None; fed (K,) bool over the batch's <loc>s, feedback (F, D) the
     embeddings fed to the ``fed`` ones (F = fed.sum()), or None; state the batch's ImageState;
     loc_id / object_id the ``<loc>`` and ``<obj>`` ids (object_id None without object tokens);
     labels (B, T) the answer tokens (IGNORE elsewhere); score_features (B, T, F) or None
@@ -49,7 +49,7 @@ class AuxInputs:
     hidden: torch.Tensor
     input_ids: torch.Tensor
     image_id: int
-    region_embeds: Optional[torch.Tensor]
+    region_embeds: object  # perception.regions.RegionEmbeds or None
     fed: Optional[torch.Tensor]
     feedback: Optional[torch.Tensor]
     state: object = None
@@ -149,7 +149,7 @@ class RegionAttributes(_AttributeReadout):
         """Read-out of every region embedding and every fed-back <loc> embedding; None when the batch has neither."""
         vecs, tgts = [], []
         if x.region_embeds is not None:
-            vecs.append(x.region_embeds)
+            vecs.append(x.region_embeds.vectors)
             tgts.append(batch["region_attrs"])
         if x.feedback is not None:
             vecs.append(x.feedback)
