@@ -14,8 +14,9 @@ it); "match gate" (its proposal's match probability is under ``objects.match_gat
 started, without it). Per category, quantiles of the target's match probability and of two of
 its relation features (``ObjectTokens.region_relations``): the probability that it and the region
 read the same word for the asked attribute, and the cosine of its code with the region's
-embedding (1: "the region is this object"); the share of look-alikes (targets of the region
-object's colour *and* shape); beside them, the same for the region's own object.
+embedding (1: "the region is this object"), and for a model with ``objects.region_overlap`` the
+box IoU of its proposal with the region (the same object by place); the share of look-alikes
+(targets of the region object's colour *and* shape); beside them, the same for the region's own object.
 
     python bench/same_region_probe.py tiny --count 60 --out bench/results/gates/same_region_probe.json
     python bench/same_region_probe.py tiny --count 100 --misses --out bench/results/stop27/same_region_misses.json
@@ -99,14 +100,15 @@ QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def misses(pipe, seed: int, count: int) -> dict:
-    """{"targets", "by": {category: {"n", "share", "look_alike", "match" / "same_word" / "cosine": quantiles}},
-    "region_object": {"n", "same_word" / "cosine": quantiles}} over the same requests as ``probe``
+    """{"targets", "by": {category: {"n", "share", "look_alike", "match" / "same_word" / "cosine" / "overlap": quantiles}},
+    "region_object": {"n", "same_word" / "cosine" / "overlap": quantiles}} over the same requests as ``probe``
     (only those with a target are asked). Categories: ``LOST``."""
     from gate_probe import recording_decoders
 
     groups = [list(g) for g in pipe.model.config.token_aux.attributes]
     column = {a: next(i for i, g in enumerate(groups) if w in g) for a, w in (("color", "red"), ("shape", "circle"))}
-    cosine_col = len(groups)  # region_relations' features: G same-word probabilities, cosine, 1
+    cosine_col = len(groups)  # region_relations' features: G same-word probabilities, cosine, [box IoU,] 1
+    has_overlap = pipe.model.config.objects.region_overlap
     thr = pipe.model.config.mask_head.mask_threshold
     gate = pipe.model.config.objects.match_gate
     seen = {c: [] for c in LOST}
@@ -132,7 +134,8 @@ def misses(pipe, seed: int, count: int) -> dict:
                 f = d._features if d.model.config.objects.relation_scores else None
                 return {"match": 1.0 if d._match is None else float(d._match[j]),
                         "same_word": None if f is None else float(f[j, column[attribute]]),
-                        "cosine": None if f is None else float(f[j, cosine_col])}
+                        "cosine": None if f is None else float(f[j, cosine_col]),
+                        "overlap": None if f is None or not has_overlap else float(f[j, cosine_col + 1])}
 
             mine = region_object(scene, turn.regions[0])
             for t in turn.targets:
@@ -161,8 +164,8 @@ def misses(pipe, seed: int, count: int) -> dict:
         rows_f = [r for r in rows if "match" in r]
         rep["by"][c] = {"n": len(rows), "share": len(rows) / max(1, total),
                         "look_alike": sum(r["look_alike"] for r in rows) / max(1, len(rows)),
-                        **{k: q([r[k] for r in rows_f]) for k in ("match", "same_word", "cosine")}}
-    rep["region_object"] = {"n": len(own), **{k: q([r[k] for r in own]) for k in ("same_word", "cosine")}}
+                        **{k: q([r[k] for r in rows_f]) for k in ("match", "same_word", "cosine", "overlap")}}
+    rep["region_object"] = {"n": len(own), **{k: q([r[k] for r in own]) for k in ("same_word", "cosine", "overlap")}}
     return rep
 
 
@@ -183,9 +186,9 @@ def main(argv=None) -> int:
         rep = misses(pipe, args.seed, args.count)
         print(f"targets {rep['targets']}; quantiles {rep['quantiles']}")
         for c, r in rep["by"].items():
-            print(f"{c:14s} {r['n']:4d} ({r['share']:.3f})  look-alikes {r['look_alike']:.2f}  match {r['match']}  same word {r['same_word']}  cosine {r['cosine']}")
+            print(f"{c:14s} {r['n']:4d} ({r['share']:.3f})  look-alikes {r['look_alike']:.2f}  match {r['match']}  same word {r['same_word']}  cosine {r['cosine']}  overlap {r['overlap']}")
         o = rep["region_object"]
-        print(f"region's own object {o['n']:4d}  same word {o['same_word']}  cosine {o['cosine']}")
+        print(f"region's own object {o['n']:4d}  same word {o['same_word']}  cosine {o['cosine']}  overlap {o['overlap']}")
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps({"model": args.model, "seed": args.seed, "count": args.count, **rep}, indent=1))
