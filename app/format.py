@@ -232,7 +232,7 @@ FIRST_PROMPTS = ("Find all the triangles.", "Find the red circle.", "How many sq
 def suggested_prompts(n_regions: int) -> list[str]:
     """Messages the app offers under the message box: requests about the scene, or, once a click has
     added ``<region{n_regions}>``, requests about that region, the ones the shipped model answers
-    best first (region questions 0.959; same-as-a-region F1 0.878: docs/RESULTS.md). The
+    best first (region questions 0.958; same-as-a-region F1 0.941: docs/RESULTS.md). The
     same-as-a-region request is worded as ShapesRef's training data words it ("color", not
     "colour"; ../shared/SHAPESREF.md v2).
     """

@@ -462,6 +462,7 @@ def test_the_v2_recipe_trains_tiny_objects_on_v1_and_v2_warm_starting_the_percep
     shipped = json.loads((Path(__file__).resolve().parent.parent / "checkpoints" / "tiny" / "config.json").read_text())["objects"]
     recipe = tc.model_overrides["objects"]
     assert {k: shipped[k] for k in recipe} == recipe  # the recipe's settings are the shipped model's
+    assert recipe["region_relation"] and recipe["region_overlap"]  # "the same object" by place too (docs/RESULTS.md, stop 28)
 
 
 def test_image_tokens_after_the_question(objects_model):
