@@ -440,14 +440,14 @@ class ObjectTokens(nn.Module):
         ``objects.position_scores`` the 4 of ``set_positions`` (the object's place among its image's)."""
         if self.score_weights is None:
             return None
-        oc, R = self.cfg.objects, relation_feature_count(self.cfg)
+        oc, W = self.cfg.objects, relation_feature_count(self.cfg)
         is_obj = input_ids == object_id
         out = torch.zeros(*input_ids.shape, score_feature_count(self.cfg), device=input_ids.device)
         col = 0
         if oc.relation_scores:
             if region_embeds is not None and len(region_embeds) and objects.codes is not None:
-                out[..., :R][is_obj] = self._relation_features(input_ids, is_obj, region_id, region_embeds, objects, readout)
-            col = R
+                out[..., :W][is_obj] = self._relation_features(input_ids, is_obj, region_id, region_embeds, objects, readout)
+            col = W
         if oc.position_scores:
             place = set_positions(objects.boxes, objects.valid)  # (B, K, 4)
             # each turn's K tokens are its image's K slots in order
