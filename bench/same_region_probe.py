@@ -108,9 +108,10 @@ def misses(pipe, seed: int, count: int) -> dict:
     groups = [list(g) for g in pipe.model.config.token_aux.attributes]
     column = {a: next(i for i, g in enumerate(groups) if w in g) for a, w in (("color", "red"), ("shape", "circle"))}
     cosine_col = len(groups)  # region_relations' features: G same-word probabilities, cosine, [box IoU,] 1
-    has_overlap = pipe.model.config.objects.region_overlap
+    oc = pipe.model.config.objects
+    has_relation, has_overlap = oc.relation_scores, oc.region_overlap  # a model whose scores read no relation features has none to report
     thr = pipe.model.config.mask_head.mask_threshold
-    gate = pipe.model.config.objects.match_gate
+    gate = oc.match_gate
     seen = {c: [] for c in LOST}
     own = []
     records = []
@@ -130,8 +131,8 @@ def misses(pipe, seed: int, count: int) -> dict:
                     slot.setdefault(i_obj, j)
             got = {i for i in (scene_object(o.mask, scene) for o in answer.objects) if i is not None}
 
-            def feats(j):  # a model whose scores read no relation features has none to report
-                f = d._features if d.model.config.objects.relation_scores else None
+            def feats(j):
+                f = d._features if has_relation else None
                 return {"match": 1.0 if d._match is None else float(d._match[j]),
                         "same_word": None if f is None else float(f[j, column[attribute]]),
                         "cosine": None if f is None else float(f[j, cosine_col]),

@@ -813,7 +813,7 @@ def test_object_tokens_read_their_relation_to_the_turns_region(tiny_tokenizer, t
     from perception.regions import RegionEmbeds
 
     cfg = get_preset("tiny-objects")
-    assert not cfg.objects.region_relation  # an option (docs/RESULTS.md: not in the shipped recipe)
+    assert not cfg.objects.region_relation and not cfg.objects.region_overlap  # options: off in the preset, on in the recipe
     cfg.objects = dataclasses.replace(cfg.objects, region_relation=True, region_overlap=overlap)
     torch.manual_seed(0)
     model = PerceptionModel(cfg, tiny_tokenizer).eval()
@@ -970,8 +970,8 @@ def test_relation_scores_read_the_region_relation_in_the_match_scores_and_the_po
     """objects.relation_scores: zero at the start (the scores are the plain ones), trained by the
     match and pointer losses on same-as-a-region samples, read at inference for the turn's regions,
     kept by save/load; and refused without objects.region_relation (as is objects.region_overlap).
-    With region_overlap a clicked object's proposal reads its box IoU with the click's mask (near 1),
-    the other objects theirs (near 0)."""
+    With region_overlap (the region given as object 0's mask) object 0's proposal reads box IoU near 1
+    with the region, the other objects near 0."""
     from perception.checkpoint import from_pretrained, save_pretrained
     from perception.data.collate import Collator
     from perception.data.shapesref import make_sample
