@@ -155,3 +155,29 @@ def test_the_ablation_bench_runs_only_the_variants_asked_on_the_seeds_asked(tmp_
     assert list(summary["variants"]) == ["bidirectional"] and summary["seed"] == 12_000_000
     assert summary["variants"]["bidirectional"]["metrics"]["Acc@0.5"] == 0.5
     assert summary["variants"]["bidirectional"]["curves"]["ce"] == [[1, 1.5]]
+
+
+def test_training_is_deterministic_and_same_weights_tells_runs_apart(tmp_path):
+    """The same config twice (a data worker beside it, as the recipe has) gives bitwise-equal
+    checkpoints, which bench/same_weights.py reports as the same model; another seed differs, and a
+    changed inference gate shows as a config difference."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from bench.same_weights import compare_folders, compare_states, config_differences
+    from perception.train import train
+
+    data = {"num_workers": 1, "tasks": ["ground_A", "region_color"], "weights": [0.7, 0.3]}
+    runs = {name: train(_cfg(tmp_path, 3, output_dir=str(tmp_path / name), data=data, seed=seed), progress=False)
+            / "checkpoint-000003" for name, seed in [("a", 0), ("b", 0), ("c", 1)]}
+    same = compare_folders(runs["a"], runs["b"])
+    assert same["equal"] and same["differ"] == 0 and same["tensors"] > 50 and same["config_differs"] == []
+    other = compare_folders(runs["a"], runs["c"])
+    assert not other["equal"] and other["differ"] > 0 and 0 < other["max_abs"] < float("inf") and other["worst"]
+    import torch
+
+    s = {"w": torch.zeros(2), "v": torch.ones(3)}
+    rep = compare_states(s, {"w": torch.tensor([0.0, 0.5]), "v": torch.ones(4), "u": torch.zeros(1)})
+    assert rep["differ"] == 2 and rep["worst"] == "v" and rep["max_abs"] == float("inf") and rep["only_b"] == ["u"]
+    assert config_differences({"objects": {"match_gate": 0.35, "list_stop": True}, "seed": 0},
+                              {"objects": {"match_gate": 0.2, "list_stop": True}}) == ["objects.match_gate", "seed"]
