@@ -6,7 +6,7 @@ Training is deterministic on one machine (the same seed and thread count give th
 docs/RESULTS.md, stop 29), so a rerun of the recipe that reproduces the shipped weights shows that
 the one command trains the shipped model, and its time is the recipe's time, without judging the
 model again. Both folders are loaded as the app loads them (``from_pretrained``, any checkpoint
-format), so a LoRA checkpoint compares its merged-in state as saved.
+format), so a LoRA checkpoint compares its base and adapter tensors as loaded.
 
 Prints whether every tensor is bitwise equal, else how many differ, the largest absolute
 difference and the tensor it is in; and the config keys whose values differ (the inference gates
